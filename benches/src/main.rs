@@ -1,0 +1,206 @@
+//! `weft-bench`: TPC-H on Weft (coordinator + workers in this process, over
+//! real sockets) and on single-node DataFusion over the same Parquet files, in
+//! the same run; plus the round-trip latency of `SELECT 1` through Flight SQL.
+//!
+//! ```text
+//! cargo run --profile bench-release -p weft-benches -- tpch --scale 1
+//! cargo run --profile bench-release -p weft-benches -- latency
+//! ```
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use weft_common::sample::{generate_tpch, TPCH_TABLES};
+use weft_integration_tests::{
+    files_catalog, run_sql, split_statements, tpch_query, ClusterOptions, TestCluster,
+};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The 22 TPC-H queries: Weft vs single-node DataFusion.
+    Tpch {
+        /// TPC-H scale factor.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Directory for the generated data (reused when present).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Number of workers.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Timed runs per query (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        /// Only these queries (e.g. 1,6,12).
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
+    },
+    /// Round trip of `SELECT 1` through Flight SQL.
+    Latency {
+        #[arg(long, default_value_t = 500)]
+        iterations: usize,
+    },
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+async fn cluster(
+    workers: usize,
+    catalogs: weft_common::config::CatalogsConfig,
+) -> anyhow::Result<TestCluster> {
+    let options = ClusterOptions {
+        catalogs,
+        etcd: false,
+        slots: (cpus() / workers.max(1)).max(1) as u32,
+        ..Default::default()
+    };
+    TestCluster::start(workers, options).await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Tpch {
+            scale,
+            data,
+            workers,
+            iterations,
+            queries,
+        } => tpch(scale, data, workers, iterations, queries).await,
+        Cmd::Latency { iterations } => latency(iterations).await,
+    }
+}
+
+async fn time_best<F, Fut>(iterations: usize, mut f: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut best = Duration::MAX;
+    for _ in 0..iterations.max(1) {
+        let start = Instant::now();
+        f().await?;
+        best = best.min(start.elapsed());
+    }
+    Ok(best)
+}
+
+async fn tpch(
+    scale: f64,
+    data: Option<PathBuf>,
+    workers: usize,
+    iterations: usize,
+    queries: Vec<usize>,
+) -> anyhow::Result<()> {
+    let dir =
+        data.unwrap_or_else(|| std::env::temp_dir().join(format!("weft-bench-tpch-sf{scale}")));
+    if !dir.join("lineitem").exists() {
+        eprintln!("generating TPC-H SF{scale} in {}", dir.display());
+        generate_tpch(&dir, scale, cpus())?;
+    }
+    let queries: Vec<usize> = if queries.is_empty() {
+        (1..=22).collect()
+    } else {
+        queries
+    };
+
+    let df = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(cpus()));
+    for t in TPCH_TABLES {
+        df.register_parquet(
+            t,
+            dir.join(t).to_string_lossy().as_ref(),
+            ParquetReadOptions::default(),
+        )
+        .await?;
+    }
+    let weft = cluster(workers, files_catalog("tpch", &dir)).await?;
+
+    println!(
+        "TPC-H SF{scale}, {workers} workers, {} cores, best of {iterations}",
+        cpus()
+    );
+    println!(
+        "{:>5} {:>12} {:>12} {:>7}",
+        "query", "weft ms", "datafusion ms", "ratio"
+    );
+    let (mut total_w, mut total_d) = (Duration::ZERO, Duration::ZERO);
+    for q in queries {
+        let text = tpch_query(q);
+        let statements = split_statements(&text);
+        let d = time_best(iterations, || {
+            let statements = statements.clone();
+            let df = df.clone();
+            async move {
+                for s in &statements {
+                    df.sql(s).await?.collect().await?;
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        let w = time_best(iterations, || {
+            let statements = statements.clone();
+            let weft = &weft;
+            async move {
+                let mut client = weft.client().await?;
+                for s in &statements {
+                    run_sql(&mut client, s).await?;
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        total_w += w;
+        total_d += d;
+        println!(
+            "{:>5} {:>12.1} {:>12.1} {:>7.2}",
+            format!("q{q}"),
+            w.as_secs_f64() * 1e3,
+            d.as_secs_f64() * 1e3,
+            w.as_secs_f64() / d.as_secs_f64()
+        );
+    }
+    println!(
+        "{:>5} {:>12.1} {:>12.1} {:>7.2}",
+        "total",
+        total_w.as_secs_f64() * 1e3,
+        total_d.as_secs_f64() * 1e3,
+        total_w.as_secs_f64() / total_d.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn latency(iterations: usize) -> anyhow::Result<()> {
+    let weft = cluster(2, weft_common::config::CatalogsConfig::default()).await?;
+    let mut client = weft.client().await?;
+    for _ in 0..20 {
+        run_sql(&mut client, "SELECT 1").await?;
+    }
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let start = Instant::now();
+        run_sql(&mut client, "SELECT 1").await?;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "SELECT 1 round trip over Flight SQL ({iterations} runs): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.9).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! `weft`: run an embedded cluster (`weft local`) or send SQL (`weft sql`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::TryStreamExt;
+use tonic::transport::Endpoint;
+use weft_common::config::{CatalogConfig, CatalogsConfig, FileFormat};
+use weft_common::registry::{MemoryRegistry, Registry};
+use weft_coordinator::{Coordinator, CoordinatorConfig};
+use weft_worker::{Worker, WorkerConfig};
+
+/// Weft: a distributed, federated SQL engine on Apache DataFusion and Arrow.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a coordinator and N workers in this process (membership in memory,
+    /// no etcd). Without --catalogs, serves a built-in `sample` catalog with
+    /// TPC-H data generated at startup.
+    Local {
+        /// Number of workers.
+        #[arg(long, env = "WEFT_WORKERS", default_value_t = 2)]
+        workers: usize,
+        /// Address of the Flight SQL endpoint.
+        #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:50050")]
+        listen: SocketAddr,
+        /// Catalog file (TOML); default: the `sample` TPC-H catalog.
+        #[arg(long, env = "WEFT_CATALOGS")]
+        catalogs: Option<PathBuf>,
+        /// TPC-H scale factor of the sample catalog.
+        #[arg(long, env = "WEFT_SAMPLE_SCALE", default_value_t = 0.01)]
+        sample_scale: f64,
+    },
+    /// Run SQL against a coordinator and print the results.
+    Sql {
+        /// Coordinator Flight SQL URL.
+        #[arg(
+            long,
+            env = "WEFT_COORDINATOR",
+            default_value = "grpc://127.0.0.1:50050"
+        )]
+        coordinator: String,
+        /// SQL to run (several statements separated by `;` run in order).
+        #[arg(short = 'e', long = "execute", conflicts_with = "file")]
+        execute: Option<String>,
+        /// File with SQL statements.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, env = "WEFT_FORMAT", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let result = match args.command {
+        Cmd::Local {
+            workers,
+            listen,
+            catalogs,
+            sample_scale,
+        } => local(workers, listen, catalogs, sample_scale).await,
+        Cmd::Sql {
+            coordinator,
+            execute,
+            file,
+            format,
+        } => sql(&coordinator, execute, file, format).await,
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn local(
+    workers: usize,
+    listen: SocketAddr,
+    catalogs: Option<PathBuf>,
+    scale: f64,
+) -> anyhow::Result<()> {
+    let _sample_dir;
+    let catalogs = match catalogs {
+        Some(path) => CatalogsConfig::load(&path)?,
+        None => {
+            let dir = tempfile::Builder::new().prefix("weft-sample-").tempdir()?;
+            eprintln!(
+                "generating the sample catalog (TPC-H scale {scale}) in {}",
+                dir.path().display()
+            );
+            weft_common::sample::generate_tpch(dir.path(), scale, 2)?;
+            let mut c = CatalogsConfig::default();
+            c.catalogs.insert(
+                "sample".to_string(),
+                CatalogConfig::Files {
+                    path: dir.path().to_string_lossy().to_string(),
+                    format: FileFormat::Parquet,
+                },
+            );
+            c.default_catalog = Some("sample".to_string());
+            _sample_dir = dir;
+            c
+        }
+    };
+    let registry = Arc::new(MemoryRegistry::new());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let mut handles = Vec::new();
+    for _ in 0..workers.max(1) {
+        let mut config = WorkerConfig::new("127.0.0.1:0".parse()?);
+        config.slots = (cpus / workers.max(1)).max(1) as u32;
+        handles.push(Worker::start(config, Arc::clone(&registry) as Arc<dyn Registry>).await?);
+    }
+    let coordinator =
+        Coordinator::start(CoordinatorConfig::new(listen, catalogs), registry.members()).await?;
+    println!("Weft is running: {} worker(s)", handles.len());
+    println!("Flight SQL: {}", coordinator.url());
+    println!(
+        "try: weft sql --coordinator {} -e \"SELECT count(*) FROM lineitem\"",
+        coordinator.url()
+    );
+    println!("press Ctrl-C to stop");
+    tokio::signal::ctrl_c().await?;
+    coordinator.shutdown().await;
+    for w in handles {
+        w.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Splits a script into statements.
+fn statements(text: &str) -> anyhow::Result<Vec<String>> {
+    let parsed =
+        datafusion::sql::parser::DFParser::parse_sql(text).context("cannot parse the SQL")?;
+    Ok(parsed.into_iter().map(|s| s.to_string()).collect())
+}
+
+async fn sql(
+    coordinator: &str,
+    execute: Option<String>,
+    file: Option<PathBuf>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let text = match (execute, file) {
+        (Some(e), _) => e,
+        (None, Some(f)) => {
+            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        (None, None) => anyhow::bail!("give the SQL with -e \"...\" or -f FILE"),
+    };
+    let url = coordinator.replacen("grpc://", "http://", 1);
+    let channel = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("invalid coordinator URL {coordinator}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the coordinator at {coordinator}"))?;
+    let mut client = FlightSqlServiceClient::new(channel);
+    for statement in statements(&text)? {
+        let batches = run(&mut client, &statement).await?;
+        print_batches(&batches, format)?;
+    }
+    Ok(())
+}
+
+async fn run(
+    client: &mut FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> anyhow::Result<Vec<RecordBatch>> {
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint.clone() {
+        let Some(ticket) = endpoint.ticket else {
+            continue;
+        };
+        let stream = client
+            .do_get(ticket)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
+        let mut part: Vec<RecordBatch> = stream
+            .try_collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
+        batches.append(&mut part);
+    }
+    if batches.is_empty() {
+        if let Ok(schema) = info_schema(&info) {
+            batches.push(RecordBatch::new_empty(schema));
+        }
+    }
+    Ok(batches)
+}
+
+fn info_schema(info: &arrow_flight::FlightInfo) -> anyhow::Result<arrow::datatypes::SchemaRef> {
+    Ok(Arc::new(info.clone().try_decode_schema()?))
+}
+
+/// The server's message, without transport wrapping.
+fn flight_message(e: arrow_flight::error::FlightError) -> String {
+    match e {
+        arrow_flight::error::FlightError::Tonic(s) => format!("{} ({:?})", s.message(), s.code()),
+        other => other.to_string(),
+    }
+}
+
+fn print_batches(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Table => println!("{}", arrow::util::pretty::pretty_format_batches(batches)?),
+        Format::Csv => {
+            let mut w = arrow::csv::Writer::new(std::io::stdout());
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::ArrayWriter::new(std::io::stdout());
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+            println!();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Registers the catalogs of a catalog file into a DataFusion session.
+
+use std::sync::Arc;
+
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat as DfFileFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::SessionContext;
+
+use crate::config::{CatalogConfig, CatalogsConfig, FileFormat};
+
+/// Schema that a `files` catalog puts its tables in.
+pub const FILES_SCHEMA: &str = "public";
+
+/// Why a catalog could not be registered. Names the catalog and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog \"{catalog}\": cannot list {path}: {message}")]
+    List {
+        catalog: String,
+        path: String,
+        message: String,
+    },
+    #[error("catalog \"{catalog}\": table \"{table}\" ({location}): {message}")]
+    Table {
+        catalog: String,
+        table: String,
+        location: String,
+        message: String,
+    },
+}
+
+/// Registers every catalog of `config` in `ctx`; sets the default catalog.
+///
+/// Returns one error per catalog that could not be registered; the others are
+/// still registered, so one broken catalog does not hide the rest.
+pub async fn register_catalogs(ctx: &SessionContext, config: &CatalogsConfig) -> Vec<CatalogError> {
+    let mut errors = Vec::new();
+    for (name, catalog) in &config.catalogs {
+        match catalog {
+            CatalogConfig::Files { path, format } => {
+                match files_catalog(ctx, name, path, *format).await {
+                    Ok(provider) => {
+                        ctx.register_catalog(name, provider);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+    }
+    errors
+}
+
+async fn files_catalog(
+    ctx: &SessionContext,
+    name: &str,
+    path: &str,
+    format: FileFormat,
+) -> Result<Arc<dyn CatalogProvider>, CatalogError> {
+    let list_err = |message: String| CatalogError::List {
+        catalog: name.to_string(),
+        path: path.to_string(),
+        message,
+    };
+    let schema = Arc::new(MemorySchemaProvider::new());
+    if path.contains("://") && !path.starts_with("file://") {
+        return Err(list_err(
+            "only local paths are supported for files catalogs in this version; mount the bucket or copy the files"
+                .to_string(),
+        ));
+    }
+    let dir = path.strip_prefix("file://").unwrap_or(path);
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| list_err(e.to_string()))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    let ext = format.extension();
+    for entry in entries {
+        let file_name = entry.file_name().to_string_lossy().to_string();
+        if file_name.starts_with('.') || file_name.starts_with('_') {
+            continue;
+        }
+        let entry_path = entry.path();
+        let is_dir = entry_path.is_dir();
+        let table = if is_dir {
+            file_name.clone()
+        } else if let Some(stem) = file_name.strip_suffix(ext) {
+            stem.to_string()
+        } else {
+            continue;
+        };
+        let mut location = entry_path.to_string_lossy().to_string();
+        if is_dir && !location.ends_with('/') {
+            location.push('/');
+        }
+        let provider = listing_table(ctx, format, &location)
+            .await
+            .map_err(|message| CatalogError::Table {
+                catalog: name.to_string(),
+                table: table.clone(),
+                location: location.clone(),
+                message,
+            })?;
+        schema
+            .register_table(table.to_lowercase(), provider)
+            .map_err(|e| list_err(e.to_string()))?;
+    }
+    let catalog = Arc::new(MemoryCatalogProvider::new());
+    catalog
+        .register_schema(FILES_SCHEMA, schema)
+        .map_err(|e| list_err(e.to_string()))?;
+    Ok(catalog)
+}
+
+async fn listing_table(
+    ctx: &SessionContext,
+    format: FileFormat,
+    location: &str,
+) -> Result<Arc<ListingTable>, String> {
+    let file_format: Arc<dyn DfFileFormat> = match format {
+        FileFormat::Parquet => Arc::new(ParquetFormat::default()),
+        FileFormat::Csv => Arc::new(CsvFormat::default().with_has_header(true)),
+        FileFormat::Json => Arc::new(JsonFormat::default()),
+    };
+    let url = ListingTableUrl::parse(location).map_err(|e| e.to_string())?;
+    let options = ListingOptions::new(file_format).with_file_extension(format.extension());
+    let schema = options
+        .infer_schema(&ctx.state(), &url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ListingTable::try_new(config)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,7 @@
+//! Exchange operators: how a stage reads what another stage produced.
+
+mod partition_subset;
+mod stage_reader;
+
+pub use partition_subset::PartitionSubsetExec;
+pub use stage_reader::{ReaderMode, StageReaderExec};

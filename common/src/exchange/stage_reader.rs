@@ -1,0 +1,317 @@
+//! [`StageReaderExec`]: reads an upstream stage's outputs over Arrow Flight.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::Ticket;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{internal_err, plan_err, DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use weft_proto::{PartitionTicket, TaskId, TaskLocation};
+
+use crate::flight::{is_transport_error, ClientPool};
+
+/// How a reader maps its partitions onto upstream task outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderMode {
+    /// Hash shuffle: partition `p` = output `p` of every upstream task.
+    Shuffle,
+    /// Gather: partition `t` = output 0 of upstream task `t`.
+    Gather,
+}
+
+/// Leaf of a stage fragment that streams another stage's output from the
+/// workers running it, with Flight `DoGet`, while it is being produced.
+///
+/// Shuffle (replaces a hash `RepartitionExec`; N buckets, T upstream tasks):
+/// ```text
+///   upstream task 0 ──bucket p──┐
+///   upstream task 1 ──bucket p──┼──► StageReaderExec partition p   (p in 0..N)
+///   upstream task T ──bucket p──┘       (network: T DoGet streams, merged)
+/// ```
+/// Gather (input of a `CoalescePartitionsExec` / `SortPreservingMergeExec`):
+/// ```text
+///   upstream task t ──output 0──► StageReaderExec partition t      (t in 0..T)
+/// ```
+/// Streams connect as soon as `execute` is called and are driven by spawned
+/// tasks owned by the returned stream: dropping it closes the `DoGet`s, which
+/// tells the upstream worker to stop producing for this consumer.
+#[derive(Debug)]
+pub struct StageReaderExec {
+    query_id: String,
+    stage_id: u32,
+    mode: ReaderMode,
+    tasks: Vec<TaskLocation>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    clients: Arc<ClientPool>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl StageReaderExec {
+    /// A hash-shuffle reader with the given (hash) partitioning.
+    pub fn shuffle(
+        query_id: String,
+        stage_id: u32,
+        schema: SchemaRef,
+        partitioning: Partitioning,
+        clients: Arc<ClientPool>,
+    ) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self::new(
+            query_id,
+            stage_id,
+            ReaderMode::Shuffle,
+            schema,
+            properties,
+            clients,
+        )
+    }
+
+    /// A gather reader with one partition per upstream task, each sorted by
+    /// `ordering` when given.
+    pub fn gather(
+        query_id: String,
+        stage_id: u32,
+        schema: SchemaRef,
+        upstream_tasks: usize,
+        ordering: Option<LexOrdering>,
+        clients: Arc<ClientPool>,
+    ) -> Self {
+        let eq = match ordering {
+            Some(o) => EquivalenceProperties::new_with_orderings(Arc::clone(&schema), [o]),
+            None => EquivalenceProperties::new(Arc::clone(&schema)),
+        };
+        let properties = PlanProperties::new(
+            eq,
+            Partitioning::UnknownPartitioning(upstream_tasks.max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self::new(
+            query_id,
+            stage_id,
+            ReaderMode::Gather,
+            schema,
+            properties,
+            clients,
+        )
+    }
+
+    fn new(
+        query_id: String,
+        stage_id: u32,
+        mode: ReaderMode,
+        schema: SchemaRef,
+        properties: PlanProperties,
+        clients: Arc<ClientPool>,
+    ) -> Self {
+        Self {
+            query_id,
+            stage_id,
+            mode,
+            tasks: Vec::new(),
+            schema,
+            properties: Arc::new(properties),
+            clients,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    /// The same reader pointed at the workers that run the upstream tasks.
+    pub fn with_tasks(&self, tasks: Vec<TaskLocation>) -> Result<Self> {
+        if self.mode == ReaderMode::Gather
+            && tasks.len() != self.properties.partitioning.partition_count()
+        {
+            return plan_err!(
+                "gather reader of stage {} has {} partitions but {} upstream tasks",
+                self.stage_id,
+                self.properties.partitioning.partition_count(),
+                tasks.len()
+            );
+        }
+        Ok(Self {
+            query_id: self.query_id.clone(),
+            stage_id: self.stage_id,
+            mode: self.mode,
+            tasks,
+            schema: Arc::clone(&self.schema),
+            properties: Arc::clone(&self.properties),
+            clients: Arc::clone(&self.clients),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    pub fn query_id(&self) -> &str {
+        &self.query_id
+    }
+    pub fn stage_id(&self) -> u32 {
+        self.stage_id
+    }
+    pub fn mode(&self) -> ReaderMode {
+        self.mode
+    }
+    pub fn tasks(&self) -> &[TaskLocation] {
+        &self.tasks
+    }
+
+    fn sources(&self, partition: usize) -> Result<Vec<(TaskLocation, u32)>> {
+        let count = self.properties.partitioning.partition_count();
+        if partition >= count {
+            return internal_err!("StageReaderExec has {count} partitions, asked for {partition}");
+        }
+        if self.tasks.is_empty() {
+            return internal_err!(
+                "StageReaderExec for stage {} was executed before its upstream tasks were scheduled",
+                self.stage_id
+            );
+        }
+        Ok(match self.mode {
+            ReaderMode::Shuffle => self
+                .tasks
+                .iter()
+                .map(|t| (t.clone(), partition as u32))
+                .collect(),
+            ReaderMode::Gather => vec![(self.tasks[partition].clone(), 0)],
+        })
+    }
+}
+
+impl DisplayAs for StageReaderExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.mode {
+            ReaderMode::Shuffle => "shuffle",
+            ReaderMode::Gather => "gather",
+        };
+        write!(
+            f,
+            "StageReaderExec: stage={}, mode={mode}, partitions={}, upstream_tasks={}",
+            self.stage_id,
+            self.properties.partitioning.partition_count(),
+            self.tasks.len()
+        )
+    }
+}
+
+impl ExecutionPlan for StageReaderExec {
+    fn name(&self) -> &str {
+        "StageReaderExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return internal_err!("StageReaderExec is a leaf");
+        }
+        Ok(self)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let sources = self.sources(partition)?;
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.schema), 2);
+        for (location, output) in sources {
+            let tx = builder.tx();
+            let client = self.clients.client(&location.address)?;
+            let ticket = PartitionTicket {
+                task: Some(TaskId {
+                    query_id: self.query_id.clone(),
+                    stage_id: self.stage_id,
+                    task_index: location.task_index,
+                }),
+                partition: output,
+            };
+            let schema = Arc::clone(&self.schema);
+            let stage_id = self.stage_id;
+            builder.spawn(async move {
+                let describe = |status: tonic::Status| -> DataFusionError {
+                    if is_transport_error(&status) {
+                        DataFusionError::External(
+                            format!(
+                                "weft: worker {} at {} failed while stage {stage_id} task {} was being read: {}",
+                                location.worker_id,
+                                location.address,
+                                location.task_index,
+                                status.message()
+                            )
+                            .into(),
+                        )
+                    } else {
+                        DataFusionError::External(status.message().to_string().into())
+                    }
+                };
+                let mut client = client;
+                let response = client
+                    .do_get(Ticket::new(ticket.encode_to_vec()))
+                    .await
+                    .map_err(describe)?;
+                let mut stream = FlightRecordBatchStream::new_from_flight_data(
+                    response.into_inner().map_err(|s| FlightError::Tonic(Box::new(s))),
+                );
+                while let Some(item) = stream.next().await {
+                    let batch = item.map_err(|e| match e {
+                        FlightError::Tonic(status) => describe(*status),
+                        other => DataFusionError::External(Box::new(other)),
+                    })?;
+                    let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())?;
+                    if tx.send(Ok(batch)).await.is_err() {
+                        // The consumer is gone; dropping the DoGet stops the producer.
+                        break;
+                    }
+                }
+                Ok(())
+            });
+        }
+        let stream = builder.build();
+        Ok(Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                stream.inspect_ok(move |b| baseline.record_output(b.num_rows())),
+            ),
+        ))
+    }
+}

@@ -1,0 +1,112 @@
+//! Arrow Flight plumbing shared by coordinator and workers: action names,
+//! cached client channels, and error mapping at the gRPC boundary.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::Action;
+use bytes::Bytes;
+use datafusion::error::DataFusionError;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+
+/// `DoAction` types a worker serves.
+pub mod actions {
+    /// Body: `weft_proto::LaunchTask`; result: `LaunchTaskResult`.
+    pub const LAUNCH_TASK: &str = "weft.launch_task";
+    /// Body: `QueryRef`; stops every task of the query; result: `CancelResult`.
+    pub const CANCEL_QUERY: &str = "weft.cancel_query";
+    /// Body: `QueryRef`; forgets a finished query's tasks and buffers.
+    pub const RELEASE_QUERY: &str = "weft.release_query";
+    /// Body: `QueryRef`; result: `QueryStatus`.
+    pub const QUERY_STATUS: &str = "weft.query_status";
+}
+
+/// Largest gRPC message Weft accepts (plans and large batches).
+pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+
+/// Lazily connected, cached channels to workers by address.
+#[derive(Debug, Default)]
+pub struct ClientPool {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl ClientPool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A Flight client for `address` (`http://host:port`).
+    pub fn client(&self, address: &str) -> Result<FlightServiceClient<Channel>, DataFusionError> {
+        let channel = {
+            let mut channels = self.channels.lock();
+            match channels.get(address) {
+                Some(c) => c.clone(),
+                None => {
+                    let endpoint = Endpoint::from_shared(address.to_string())
+                        .map_err(|e| {
+                            DataFusionError::Plan(format!("invalid worker address {address}: {e}"))
+                        })?
+                        .connect_timeout(Duration::from_secs(3))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(10))
+                        .keep_alive_timeout(Duration::from_secs(5))
+                        .keep_alive_while_idle(true);
+                    let c = endpoint.connect_lazy();
+                    channels.insert(address.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        Ok(FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE))
+    }
+
+    /// Runs a `DoAction` and returns the body of its single result.
+    pub async fn action(
+        &self,
+        address: &str,
+        action_type: &str,
+        body: impl Message,
+    ) -> Result<Bytes, tonic::Status> {
+        let mut client = self
+            .client(address)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let action = Action {
+            r#type: action_type.to_string(),
+            body: body.encode_to_vec().into(),
+        };
+        let mut stream = client.do_action(action).await?.into_inner();
+        match stream.next().await {
+            Some(r) => Ok(r?.body),
+            None => Ok(Bytes::new()),
+        }
+    }
+}
+
+/// True for errors that mean "could not talk to the node" rather than "the
+/// node ran the request and it failed". Only these may be retried.
+pub fn is_transport_error(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+    ) && !status.message().starts_with("weft:")
+}
+
+/// Maps a DataFusion error to the gRPC status a client sees: user mistakes are
+/// `InvalidArgument`, the rest keeps the full message.
+pub fn datafusion_to_status(e: DataFusionError) -> tonic::Status {
+    let message = e.to_string();
+    match e.find_root() {
+        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
+            tonic::Status::invalid_argument(message)
+        }
+        DataFusionError::NotImplemented(_) => tonic::Status::unimplemented(message),
+        DataFusionError::ResourcesExhausted(_) => tonic::Status::resource_exhausted(message),
+        _ => tonic::Status::internal(message),
+    }
+}

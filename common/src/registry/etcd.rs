@@ -1,0 +1,388 @@
+//! etcd-backed membership.
+//!
+//! Layout: a worker puts `WORKERS_PREFIX + <worker id>` = JSON [`WorkerInfo`],
+//! attached to a lease of `lease_ttl` seconds that it keeps alive every third
+//! of the TTL. A worker that dies stops renewing; etcd deletes its key when the
+//! lease expires and the coordinator's prefix watch drops it from scheduling.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{sorted, Members, Registration, Registry, RegistryError, WorkerInfo};
+
+/// Key prefix under which workers register.
+pub const WORKERS_PREFIX: &str = "/weft/workers/";
+
+/// How to reach etcd and how long registrations live.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    /// Lease TTL in seconds: a dead worker leaves the membership within it.
+    pub lease_ttl_secs: i64,
+    pub connect_timeout: Duration,
+}
+
+impl EtcdSettings {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            lease_ttl_secs: 5,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+
+    fn display(&self) -> String {
+        self.endpoints.join(",")
+    }
+}
+
+/// Membership in etcd. Create with [`EtcdRegistry::connect`].
+pub struct EtcdRegistry {
+    settings: EtcdSettings,
+    client: Client,
+    members: Arc<watch::Sender<Members>>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EtcdRegistry {
+    fn drop(&mut self) {
+        if let Some(h) = self.watcher.lock().take() {
+            h.abort();
+        }
+    }
+}
+
+async fn connect_once(settings: &EtcdSettings) -> Result<Client, RegistryError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(settings.connect_timeout)
+        .with_timeout(settings.connect_timeout * 2);
+    let mut client = Client::connect(&settings.endpoints, Some(options))
+        .await
+        .map_err(|e| RegistryError::Unreachable {
+            endpoints: settings.display(),
+            message: e.to_string(),
+        })?;
+    // `connect` is lazy for some transports; a status call proves the endpoint answers.
+    client
+        .status()
+        .await
+        .map_err(|e| RegistryError::Unreachable {
+            endpoints: settings.display(),
+            message: e.to_string(),
+        })?;
+    Ok(client)
+}
+
+impl EtcdRegistry {
+    /// Connects to etcd, retrying with exponential backoff (logging every
+    /// failure with the endpoint) for up to `max_wait`.
+    pub async fn connect(
+        settings: EtcdSettings,
+        max_wait: Duration,
+    ) -> Result<Self, RegistryError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut backoff = Duration::from_millis(200);
+        let client = loop {
+            match connect_once(&settings).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    if tokio::time::Instant::now() + backoff > deadline {
+                        return Err(e);
+                    }
+                    tracing::warn!("{e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let (tx, _rx) = watch::channel(Arc::new(Vec::new()));
+        Ok(Self {
+            settings,
+            client,
+            members: Arc::new(tx),
+            watcher: Mutex::new(None),
+        })
+    }
+
+    /// Starts following the membership (what the coordinator does). Returns
+    /// once the first snapshot is loaded.
+    pub async fn start_watch(&self) -> Result<(), RegistryError> {
+        let mut client = self.client.clone();
+        let revision = load_snapshot(&mut client, &self.settings, &self.members).await?;
+        let settings = self.settings.clone();
+        let members = Arc::clone(&self.members);
+        let handle = tokio::spawn(watch_loop(client, settings, members, revision));
+        if let Some(old) = self.watcher.lock().replace(handle) {
+            old.abort();
+        }
+        Ok(())
+    }
+}
+
+async fn load_snapshot(
+    client: &mut Client,
+    settings: &EtcdSettings,
+    members: &watch::Sender<Members>,
+) -> Result<i64, RegistryError> {
+    let resp = client
+        .get(WORKERS_PREFIX, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| RegistryError::Operation {
+            endpoints: settings.display(),
+            operation: "reading the worker list",
+            message: e.to_string(),
+        })?;
+    let mut workers = Vec::new();
+    for kv in resp.kvs() {
+        match serde_json::from_slice::<WorkerInfo>(kv.value()) {
+            Ok(w) => workers.push(w),
+            Err(e) => tracing::warn!(
+                key = %String::from_utf8_lossy(kv.key()),
+                "ignoring malformed worker registration: {e}"
+            ),
+        }
+    }
+    members.send_replace(sorted(workers));
+    Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+}
+
+async fn watch_loop(
+    mut client: Client,
+    settings: EtcdSettings,
+    members: Arc<watch::Sender<Members>>,
+    mut revision: i64,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let result = follow(&mut client, &members, &mut revision).await;
+        if let Err(e) = result {
+            tracing::error!(
+                "lost the membership watch on etcd at {}: {e}; keeping the last known {} worker(s) and retrying in {backoff:?}",
+                settings.display(),
+                members.borrow().len()
+            );
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        match load_snapshot(&mut client, &settings, &members).await {
+            Ok(rev) => {
+                revision = rev;
+                backoff = Duration::from_millis(200);
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+}
+
+async fn follow(
+    client: &mut Client,
+    members: &watch::Sender<Members>,
+    revision: &mut i64,
+) -> Result<(), String> {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(*revision + 1);
+    let mut stream = client
+        .watch(WORKERS_PREFIX, Some(options))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut current: BTreeMap<String, WorkerInfo> = members
+        .borrow()
+        .iter()
+        .map(|w| (w.id.clone(), w.clone()))
+        .collect();
+    loop {
+        let Some(resp) = stream.message().await.map_err(|e| e.to_string())? else {
+            return Err("watch stream ended".to_string());
+        };
+        if resp.canceled() {
+            return Err(format!("watch cancelled by etcd: {}", resp.cancel_reason()));
+        }
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            *revision = (*revision).max(kv.mod_revision());
+            let key = String::from_utf8_lossy(kv.key()).to_string();
+            let id = key.trim_start_matches(WORKERS_PREFIX).to_string();
+            match event.event_type() {
+                EventType::Put => match serde_json::from_slice::<WorkerInfo>(kv.value()) {
+                    Ok(w) => {
+                        tracing::info!(worker = %w.id, address = %w.address, "worker joined");
+                        current.insert(id, w);
+                    }
+                    Err(e) => tracing::warn!(%key, "ignoring malformed worker registration: {e}"),
+                },
+                EventType::Delete => {
+                    if current.remove(&id).is_some() {
+                        tracing::info!(worker = %id, "worker left (lease revoked or expired)");
+                    }
+                }
+            }
+        }
+        members.send_replace(sorted(current.values().cloned().collect()));
+    }
+}
+
+struct EtcdRegistration {
+    client: Client,
+    settings: EtcdSettings,
+    lease: Arc<Mutex<i64>>,
+    keepalive: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EtcdRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistration")
+            .field("lease", &*self.lease.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EtcdRegistration {
+    fn drop(&mut self) {
+        if let Some(h) = self.keepalive.lock().take() {
+            h.abort();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Registration for EtcdRegistration {
+    async fn revoke(&self) -> Result<(), RegistryError> {
+        if let Some(h) = self.keepalive.lock().take() {
+            h.abort();
+        }
+        let lease = *self.lease.lock();
+        self.client
+            .clone()
+            .lease_revoke(lease)
+            .await
+            .map_err(|e| RegistryError::Operation {
+                endpoints: self.settings.display(),
+                operation: "revoking the worker lease",
+                message: e.to_string(),
+            })?;
+        Ok(())
+    }
+}
+
+async fn put_with_new_lease(
+    client: &mut Client,
+    settings: &EtcdSettings,
+    info: &WorkerInfo,
+) -> Result<i64, RegistryError> {
+    let op_err = |operation: &'static str| {
+        let endpoints = settings.display();
+        move |e: etcd_client::Error| RegistryError::Operation {
+            endpoints,
+            operation,
+            message: e.to_string(),
+        }
+    };
+    let lease = client
+        .lease_grant(settings.lease_ttl_secs, None)
+        .await
+        .map_err(op_err("granting a lease"))?
+        .id();
+    let value = serde_json::to_vec(info).map_err(|e| RegistryError::Operation {
+        endpoints: settings.display(),
+        operation: "encoding the registration",
+        message: e.to_string(),
+    })?;
+    client
+        .put(
+            format!("{WORKERS_PREFIX}{}", info.id),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map_err(op_err("registering the worker"))?;
+    Ok(lease)
+}
+
+async fn keepalive_loop(
+    mut client: Client,
+    settings: EtcdSettings,
+    info: WorkerInfo,
+    lease: Arc<Mutex<i64>>,
+) {
+    let period = Duration::from_millis((settings.lease_ttl_secs.max(1) as u64 * 1000) / 3);
+    loop {
+        let id = *lease.lock();
+        let result: Result<(), String> = async {
+            let (mut keeper, mut stream) = client
+                .lease_keep_alive(id)
+                .await
+                .map_err(|e| e.to_string())?;
+            loop {
+                keeper.keep_alive().await.map_err(|e| e.to_string())?;
+                match stream.message().await.map_err(|e| e.to_string())? {
+                    Some(resp) if resp.ttl() > 0 => {}
+                    _ => return Err("lease expired".to_string()),
+                }
+                tokio::time::sleep(period).await;
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(
+                worker = %info.id,
+                "keeping the registration alive in etcd at {} failed: {e}; re-registering",
+                settings.display()
+            );
+        }
+        // Re-register under a fresh lease once etcd answers again.
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match put_with_new_lease(&mut client, &settings, &info).await {
+                Ok(new_id) => {
+                    *lease.lock() = new_id;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(worker = %info.id, "{e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for EtcdRegistry {
+    async fn register(&self, info: WorkerInfo) -> Result<Box<dyn Registration>, RegistryError> {
+        let mut client = self.client.clone();
+        let lease_id = put_with_new_lease(&mut client, &self.settings, &info).await?;
+        let lease = Arc::new(Mutex::new(lease_id));
+        let handle = tokio::spawn(keepalive_loop(
+            client.clone(),
+            self.settings.clone(),
+            info,
+            Arc::clone(&lease),
+        ));
+        Ok(Box::new(EtcdRegistration {
+            client,
+            settings: self.settings.clone(),
+            lease,
+            keepalive: Mutex::new(Some(handle)),
+        }))
+    }
+
+    fn members(&self) -> watch::Receiver<Members> {
+        self.members.subscribe()
+    }
+}

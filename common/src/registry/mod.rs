@@ -1,0 +1,73 @@
+//! Worker membership: who is alive and where to reach them.
+//!
+//! Workers [`Registry::register`] themselves; the coordinator reads the live set
+//! from [`Registry::members`], a `watch` channel that always holds the latest
+//! membership. Two implementations:
+//! - [`EtcdRegistry`]: a key per worker under `/weft/workers/`, attached to a
+//!   lease that the worker keeps alive (layout in `docs/membership.md`);
+//! - [`MemoryRegistry`]: in-process, for `weft local` and fast tests.
+
+mod etcd;
+mod memory;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use etcd::{EtcdRegistry, EtcdSettings, WORKERS_PREFIX};
+pub use memory::MemoryRegistry;
+
+/// What a worker announces about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Unique id (a uuid unless configured).
+    pub id: String,
+    /// Flight address other nodes connect to, e.g. `http://10.0.0.3:50051`.
+    pub address: String,
+    /// How many tasks of one stage the worker runs at once.
+    pub slots: u32,
+    /// Weft version of the worker.
+    pub version: String,
+}
+
+/// The live membership, sorted by worker id.
+pub type Members = Arc<Vec<WorkerInfo>>;
+
+/// Infrastructure errors of the registry. Each names the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot reach etcd at {endpoints}: {message}; is etcd running and is --etcd / WEFT_ETCD right?")]
+    Unreachable { endpoints: String, message: String },
+    #[error("etcd at {endpoints}: {operation} failed: {message}")]
+    Operation {
+        endpoints: String,
+        operation: &'static str,
+        message: String,
+    },
+    #[error("worker {id} is already registered")]
+    Duplicate { id: String },
+}
+
+/// A live registration; it ends when revoked or when the process dies.
+#[async_trait::async_trait]
+pub trait Registration: Send + Sync + std::fmt::Debug {
+    /// Removes the worker from the membership at once (graceful shutdown).
+    async fn revoke(&self) -> Result<(), RegistryError>;
+}
+
+/// Membership registry.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync + std::fmt::Debug {
+    /// Announces a worker. It stays a member while the returned handle lives
+    /// and the process keeps its lease alive.
+    async fn register(&self, info: WorkerInfo) -> Result<Box<dyn Registration>, RegistryError>;
+
+    /// Latest membership; changes are pushed to the receiver.
+    fn members(&self) -> watch::Receiver<Members>;
+}
+
+pub(crate) fn sorted(mut workers: Vec<WorkerInfo>) -> Members {
+    workers.sort_by(|a, b| a.id.cmp(&b.id));
+    Arc::new(workers)
+}

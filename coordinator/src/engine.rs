@@ -1,0 +1,385 @@
+//! The coordinator's query engine: plan, cut, place, launch, stream, cancel.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::{FlightData, Ticket};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_plan::ExecutionPlanProperties;
+use datafusion::prelude::SessionContext;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tokio::sync::watch;
+use tonic::Status;
+use weft_common::codec::WeftCodec;
+use weft_common::flight::{datafusion_to_status, is_transport_error, ClientPool};
+use weft_common::registry::Members;
+use weft_proto::{PartitionTicket, TaskId};
+
+use crate::planner::stages::cut_stages;
+use crate::queries::{Query, QueryManager, QueryState, RunInfo};
+use crate::scheduler::{self, total_slots, ScheduleError};
+
+/// Planning and execution settings of the coordinator.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Partitions per stage; `None` = the cluster's total slots.
+    pub target_partitions: Option<usize>,
+    /// Upper bound on tasks per stage; `None` = the cluster's total slots.
+    pub max_tasks_per_stage: Option<usize>,
+    /// IPC compression between nodes: "", "lz4" or "zstd".
+    pub compression: String,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            target_partitions: None,
+            max_tasks_per_stage: None,
+            compression: String::new(),
+        }
+    }
+}
+
+/// Shared state of a coordinator.
+pub struct Engine {
+    pub ctx: SessionContext,
+    pub members: watch::Receiver<Members>,
+    pub clients: Arc<ClientPool>,
+    pub codec: WeftCodec,
+    pub queries: QueryManager,
+    pub settings: EngineSettings,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("settings", &self.settings)
+            .field("queries", &self.queries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<ScheduleError> for Status {
+    fn from(e: ScheduleError) -> Self {
+        let message = e.to_string();
+        match e {
+            ScheduleError::NoWorkers => Status::unavailable(message),
+            ScheduleError::Launch { .. } => Status::unavailable(message),
+            ScheduleError::Encode { .. } => Status::internal(message),
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(
+        ctx: SessionContext,
+        members: watch::Receiver<Members>,
+        settings: EngineSettings,
+    ) -> Self {
+        let clients = Arc::new(ClientPool::new());
+        Self {
+            ctx,
+            members,
+            codec: WeftCodec::new(Arc::clone(&clients)),
+            clients,
+            queries: QueryManager::default(),
+            settings,
+        }
+    }
+
+    /// A session for one query, sized for the current cluster.
+    fn session_for(&self, slots: usize) -> SessionContext {
+        let state = self.ctx.state();
+        let mut config = state.config().clone();
+        let partitions = self.settings.target_partitions.unwrap_or(slots).max(1);
+        config.options_mut().execution.target_partitions = partitions;
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_config(config)
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// Plans `sql` into a physical plan with the cluster-sized session.
+    pub async fn plan(
+        &self,
+        sql: &str,
+    ) -> Result<
+        (
+            SessionContext,
+            Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        ),
+        DataFusionError,
+    > {
+        let slots = total_slots(&self.members.borrow()).max(1);
+        let ctx = self.session_for(slots);
+        let df = ctx.sql(sql).await?;
+        let plan = df.create_physical_plan().await?;
+        Ok((ctx, plan))
+    }
+
+    /// Plans and starts a query; its results are read with [`Engine::stream`].
+    pub async fn start_query(&self, sql: &str) -> Result<Arc<Query>, Status> {
+        let query = self.queries.create(sql);
+        query.transition(QueryState::Planning);
+        match self.run(&query).await {
+            Ok(()) => Ok(query),
+            Err(status) => {
+                query.transition(QueryState::Failed(status.message().to_string()));
+                if let Some(run) = query.run_info() {
+                    scheduler::notify_workers(&self.clients, &run.workers, &query.id, true).await;
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn run(&self, query: &Arc<Query>) -> Result<(), Status> {
+        let workers = self.members.borrow().clone();
+        if workers.is_empty() {
+            return Err(ScheduleError::NoWorkers.into());
+        }
+        let (ctx, plan) = self.plan(&query.sql).await.map_err(datafusion_to_status)?;
+        let schema = plan.schema();
+        let max_tasks = self
+            .settings
+            .max_tasks_per_stage
+            .unwrap_or_else(|| total_slots(&workers))
+            .max(1);
+        let graph =
+            cut_stages(plan, &query.id, max_tasks, &self.clients).map_err(datafusion_to_status)?;
+        let placement = scheduler::place(&graph, &workers)?;
+        let used_workers = scheduler::workers_of(&placement);
+        // Recorded before launching so a failed launch can be cancelled everywhere.
+        let provisional = Arc::new(RunInfo {
+            schema: Arc::clone(&schema),
+            stages: Vec::new(),
+            endpoints: Vec::new(),
+            workers: used_workers.clone(),
+        });
+        *query_run_slot(query) = Some(provisional);
+        let locations = scheduler::launch_all(
+            &query.id,
+            &graph,
+            &placement,
+            ctx.state().config(),
+            &self.codec,
+            &self.clients,
+            &self.settings.compression,
+        )
+        .await?;
+        let final_stage = graph.final_stage();
+        let final_locations = &locations[final_stage.id as usize];
+        let endpoints = (0..final_stage.split_partitions)
+            .map(|p| {
+                let task = p % final_stage.tasks;
+                let output = p / final_stage.tasks;
+                (final_locations[task].clone(), output as u32)
+            })
+            .collect();
+        debug_assert_eq!(
+            final_stage.root.output_partitioning().partition_count(),
+            final_stage.split_partitions
+        );
+        query.set_running(Arc::new(RunInfo {
+            schema,
+            stages: locations,
+            endpoints,
+            workers: used_workers,
+        }));
+        tracing::info!(
+            query_id = %query.id,
+            stages = graph.stages.len(),
+            tasks = graph.stages.iter().map(|s| s.tasks).sum::<usize>(),
+            "query running"
+        );
+        Ok(())
+    }
+
+    /// Streams result endpoint `endpoint` of a query, forwarding the worker's
+    /// Flight data unchanged. Ends the query when the last endpoint is read;
+    /// cancels it when the client drops the stream early or a task fails.
+    pub async fn stream(
+        self: &Arc<Self>,
+        query_id: &str,
+        endpoint: u32,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>, Status>
+    {
+        let query = self
+            .queries
+            .get(query_id)
+            .ok_or_else(|| Status::not_found(format!("query {query_id} is unknown or expired")))?;
+        match query.state() {
+            QueryState::Failed(m) => {
+                return Err(Status::aborted(format!("query {query_id} failed: {m}")))
+            }
+            QueryState::Cancelled => {
+                return Err(Status::cancelled(format!("query {query_id} was cancelled")))
+            }
+            _ => {}
+        }
+        let run = query.run_info().ok_or_else(|| {
+            Status::failed_precondition(format!("query {query_id} is not running yet"))
+        })?;
+        let (location, output) =
+            run.endpoints
+                .get(endpoint as usize)
+                .cloned()
+                .ok_or_else(|| {
+                    Status::out_of_range(format!("query {query_id} has no endpoint {endpoint}"))
+                })?;
+        let ticket = PartitionTicket {
+            task: Some(TaskId {
+                query_id: query_id.to_string(),
+                stage_id: (run.stages.len() - 1) as u32,
+                task_index: location.task_index,
+            }),
+            partition: output,
+        };
+        let mut client = self
+            .clients
+            .client(&location.address)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let describe = {
+            let location = location.clone();
+            move |s: Status| -> Status {
+                if is_transport_error(&s) {
+                    Status::unavailable(format!(
+                        "worker {} at {} failed while streaming results: {}",
+                        location.worker_id,
+                        location.address,
+                        s.message()
+                    ))
+                } else {
+                    s
+                }
+            }
+        };
+        let inner = client
+            .do_get(Ticket::new(ticket.encode_to_vec()))
+            .await
+            .map_err(describe.clone())?
+            .into_inner();
+        let guard = StreamGuard {
+            engine: Arc::clone(self),
+            query: Arc::clone(&query),
+            finished: false,
+        };
+        let stream = futures::stream::unfold(
+            (inner, guard, describe),
+            |(mut inner, mut guard, describe)| async move {
+                if guard.finished {
+                    return None;
+                }
+                match inner.next().await {
+                    Some(Ok(data)) => Some((Ok(data), (inner, guard, describe))),
+                    Some(Err(status)) => {
+                        // A query already failed (e.g. a worker left) reports that cause.
+                        let status = match guard.query.state() {
+                            QueryState::Failed(m) => Status::aborted(m),
+                            _ => describe(status),
+                        };
+                        guard.fail(status.message().to_string());
+                        Some((Err(status), (inner, guard, describe)))
+                    }
+                    None => {
+                        guard.complete();
+                        None
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+
+    /// Cancels a query on every worker. Returns false if it had already ended.
+    pub async fn cancel(&self, query_id: &str) -> Result<bool, Status> {
+        let query = self
+            .queries
+            .get(query_id)
+            .ok_or_else(|| Status::not_found(format!("query {query_id} is unknown or expired")))?;
+        let moved = query.transition(QueryState::Cancelled);
+        if let Some(run) = query.run_info() {
+            scheduler::notify_workers(&self.clients, &run.workers, query_id, true).await;
+        }
+        if moved {
+            tracing::info!(query_id, "query cancelled");
+        }
+        Ok(moved)
+    }
+
+    /// Fails running queries that used a worker which left the membership.
+    pub async fn on_membership_change(&self, members: &Members) {
+        let live: HashSet<&str> = members.iter().map(|w| w.id.as_str()).collect();
+        for q in self.queries.active() {
+            let Some(run) = q.run_info() else { continue };
+            if let Some((id, address)) = run
+                .workers
+                .iter()
+                .find(|(id, _)| !live.contains(id.as_str()))
+            {
+                let message = format!(
+                    "worker {id} at {address} left the cluster (lease expired or shut down) while running query {}",
+                    q.id
+                );
+                if q.transition(QueryState::Failed(message.clone())) {
+                    tracing::warn!("{message}");
+                    scheduler::notify_workers(&self.clients, &run.workers, &q.id, true).await;
+                }
+            }
+        }
+    }
+}
+
+fn query_run_slot(query: &Query) -> parking_lot::MutexGuard<'_, Option<Arc<RunInfo>>> {
+    query.run_slot()
+}
+
+/// Ends the query when the result stream finishes or is dropped.
+struct StreamGuard {
+    engine: Arc<Engine>,
+    query: Arc<Query>,
+    finished: bool,
+}
+
+impl StreamGuard {
+    fn complete(&mut self) {
+        self.finished = true;
+        if self.query.endpoint_done() && self.query.transition(QueryState::Finished) {
+            self.notify(false);
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        self.finished = true;
+        if self.query.transition(QueryState::Failed(message)) {
+            self.notify(true);
+        }
+    }
+
+    fn notify(&self, cancel: bool) {
+        let Some(run) = self.query.run_info() else {
+            return;
+        };
+        let engine = Arc::clone(&self.engine);
+        let id = self.query.id.clone();
+        // Cleanup must outlive the dropped stream, so it is detached on purpose.
+        tokio::spawn(async move {
+            scheduler::notify_workers(&engine.clients, &run.workers, &id, cancel).await;
+        });
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            if self.query.transition(QueryState::Cancelled) {
+                tracing::info!(query_id = %self.query.id, "result stream dropped by the client; cancelling");
+                self.notify(true);
+            }
+        }
+    }
+}

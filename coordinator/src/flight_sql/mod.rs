@@ -1,0 +1,553 @@
+//! The coordinator's Arrow Flight SQL front end.
+//!
+//! Statements and prepared statements start a distributed query at
+//! `GetFlightInfo`; each result partition is one endpoint whose ticket the
+//! client passes to `DoGet` on the coordinator, which forwards the stream from
+//! the worker producing it. Metadata calls are answered from the coordinator's
+//! catalogs. `PollFlightInfo` (with progress) is served by [`poll::WithPoll`].
+
+pub mod poll;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::datatypes::Schema;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
+};
+use futures::{Stream, TryStreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+use weft_common::flight::datafusion_to_status;
+use weft_proto::{PreparedHandle, ResultTicket};
+
+use crate::engine::Engine;
+use crate::queries::Query;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Flight SQL service of the coordinator.
+#[derive(Clone)]
+pub struct WeftFlightSql {
+    engine: Arc<Engine>,
+    sql_info: Arc<SqlInfoData>,
+}
+
+impl std::fmt::Debug for WeftFlightSql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeftFlightSql")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sql_info() -> SqlInfoData {
+    let mut b = SqlInfoDataBuilder::new();
+    b.append(SqlInfo::FlightSqlServerName, "Weft");
+    b.append(SqlInfo::FlightSqlServerVersion, weft_common::VERSION);
+    b.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+    b.append(SqlInfo::FlightSqlServerReadOnly, true);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+    b.append(SqlInfo::FlightSqlServerCancel, true);
+    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    b.append(SqlInfo::SqlDdlCatalog, false);
+    b.append(SqlInfo::SqlDdlSchema, false);
+    b.append(SqlInfo::SqlDdlTable, false);
+    b.build().expect("static SqlInfo values are valid")
+}
+
+impl WeftFlightSql {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            engine,
+            sql_info: Arc::new(sql_info()),
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Starts `sql` and describes its result endpoints.
+    pub async fn statement_info(
+        &self,
+        sql: &str,
+        descriptor: FlightDescriptor,
+    ) -> Result<(Arc<Query>, FlightInfo), Status> {
+        let query = self.engine.start_query(sql).await?;
+        let info = flight_info_for(&query, descriptor)?;
+        Ok((query, info))
+    }
+
+    async fn batch_stream(
+        &self,
+        batch: RecordBatch,
+    ) -> Result<Response<BoxStream<FlightData>>, Status> {
+        let schema = batch.schema();
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::iter([Ok(batch)]))
+            .map_err(flight_to_status);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    fn metadata_info(
+        &self,
+        command: impl ProstMessageExt,
+        schema: &Schema,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let ticket = Ticket::new(command.as_any().encode_to_vec());
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+            .with_descriptor(descriptor);
+        Ok(Response::new(info))
+    }
+
+    /// All `(catalog, schema, table)` names.
+    fn table_names(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let ctx = &self.engine.ctx;
+        for catalog in ctx.catalog_names() {
+            let Some(c) = ctx.catalog(&catalog) else {
+                continue;
+            };
+            for schema in c.schema_names() {
+                let Some(s) = c.schema(&schema) else { continue };
+                for table in s.table_names() {
+                    out.push((catalog.clone(), schema.clone(), table));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn flight_to_status(e: FlightError) -> Status {
+    match e {
+        FlightError::Tonic(s) => *s,
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// FlightInfo announcing exactly the schema the endpoints stream.
+pub fn flight_info_for(query: &Query, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    let run = query
+        .run_info()
+        .ok_or_else(|| Status::internal(format!("query {} has no running plan", query.id)))?;
+    let endpoints = (0..run.endpoints.len())
+        .map(|i| {
+            let handle = ResultTicket {
+                query_id: query.id.clone(),
+                endpoint: i as u32,
+            };
+            let ticket = TicketStatementQuery {
+                statement_handle: handle.encode_to_vec().into(),
+            };
+            FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()))
+        })
+        .collect();
+    let info = FlightInfo::new()
+        .try_with_schema(&run.schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoints(endpoints)
+        .with_descriptor(descriptor)
+        .with_ordered(run.endpoints.len() > 1)
+        .with_total_records(-1)
+        .with_total_bytes(-1);
+    Ok(info)
+}
+
+/// Query ids named by the tickets of a FlightInfo.
+pub fn query_ids_of(info: &FlightInfo) -> Vec<String> {
+    let mut ids: Vec<String> = info
+        .endpoint
+        .iter()
+        .filter_map(|e| e.ticket.as_ref())
+        .filter_map(|t| Any::decode(&*t.ticket).ok())
+        .filter_map(|any| any.unpack::<TicketStatementQuery>().ok().flatten())
+        .filter_map(|t| ResultTicket::decode(&*t.statement_handle).ok())
+        .map(|r| r.query_id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn like_match(pattern: Option<&String>, value: &str) -> bool {
+    let Some(p) = pattern else { return true };
+    fn rec(p: &[char], v: &[char]) -> bool {
+        match (p.first(), v.first()) {
+            (None, None) => true,
+            (Some('%'), _) => rec(&p[1..], v) || (!v.is_empty() && rec(p, &v[1..])),
+            (Some('_'), Some(_)) => rec(&p[1..], &v[1..]),
+            (Some(a), Some(b)) if a == b => rec(&p[1..], &v[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = p.chars().collect();
+    let v: Vec<char> = value.chars().collect();
+    rec(&p, &v)
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for WeftFlightSql {
+    type FlightService = WeftFlightSql;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        // Authentication is not enforced yet; any Basic credentials (or none) get
+        // a bearer token so ADBC / JDBC drivers proceed as with a secured server.
+        let basic = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Basic "));
+        let token = format!("weft-{}", uuid::Uuid::new_v4().simple());
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into(),
+        };
+        let mut resp: Response<
+            Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>,
+        > = Response::new(Box::pin(futures::stream::iter([Ok(response)])));
+        let _ = basic;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("invalid token"))?;
+        resp.metadata_mut().insert("authorization", value);
+        Ok(resp)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (_, info) = self
+            .statement_info(&query.query, request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = PreparedHandle::decode(&*cmd.prepared_statement_handle).map_err(|e| {
+            Status::invalid_argument(format!("malformed prepared statement handle: {e}"))
+        })?;
+        let (_, info) = self
+            .statement_info(&handle.sql, request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
+        let handle = ResultTicket::decode(&*ticket.statement_handle)
+            .map_err(|e| Status::invalid_argument(format!("malformed statement ticket: {e}")))?;
+        let stream = self
+            .engine
+            .stream(&handle.query_id, handle.endpoint)
+            .await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        // Planning now both validates the SQL and gives the exact result schema.
+        let (_, plan) = self
+            .engine
+            .plan(&query.query)
+            .await
+            .map_err(datafusion_to_status)?;
+        let schema = plan.schema();
+        let ipc_options = arrow::ipc::writer::IpcWriteOptions::default();
+        let dataset_schema = arrow_flight::SchemaAsIpc::new(&schema, &ipc_options);
+        let arrow_flight::IpcMessage(schema_bytes) = dataset_schema
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        let empty = Schema::empty();
+        let arrow_flight::IpcMessage(param_bytes) =
+            arrow_flight::SchemaAsIpc::new(&empty, &ipc_options)
+                .try_into()
+                .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: PreparedHandle { sql: query.query }.encode_to_vec().into(),
+            dataset_schema: schema_bytes,
+            parameter_schema: param_bytes,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Handles carry their SQL; nothing is held on the server.
+        Ok(())
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.metadata_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
+        let mut builder = query.into_builder();
+        let mut names = self.engine.ctx.catalog_names();
+        names.sort();
+        for c in names {
+            builder.append(c);
+        }
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.batch_stream(batch).await
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.metadata_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
+        let mut builder = query.into_builder();
+        let ctx = &self.engine.ctx;
+        let mut names = ctx.catalog_names();
+        names.sort();
+        for c in names {
+            if let Some(cat) = ctx.catalog(&c) {
+                let mut schemas = cat.schema_names();
+                schemas.sort();
+                for s in schemas {
+                    builder.append(&c, s);
+                }
+            }
+        }
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.batch_stream(batch).await
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.metadata_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
+        let catalog_filter = query.catalog.clone();
+        let schema_pattern = query.db_schema_filter_pattern.clone();
+        let table_pattern = query.table_name_filter_pattern.clone();
+        let types = query.table_types.clone();
+        let include_schema = query.include_schema;
+        let mut builder = query.into_builder();
+        for (catalog, schema, table) in self.table_names() {
+            if catalog_filter.as_ref().is_some_and(|c| c != &catalog)
+                || !like_match(schema_pattern.as_ref(), &schema)
+                || !like_match(table_pattern.as_ref(), &table)
+            {
+                continue;
+            }
+            let provider = self
+                .engine
+                .ctx
+                .catalog(&catalog)
+                .and_then(|c| c.schema(&schema))
+                .map(|s| async move { s.table(&table).await.ok().flatten().map(|t| (table, t)) });
+            let Some(fut) = provider else { continue };
+            let Some((table, provider)) = fut.await else {
+                continue;
+            };
+            let table_type = match provider.table_type() {
+                datafusion::datasource::TableType::Base => "TABLE",
+                datafusion::datasource::TableType::View => "VIEW",
+                datafusion::datasource::TableType::Temporary => "LOCAL TEMPORARY",
+            };
+            if !types.is_empty() && !types.iter().any(|t| t == table_type) {
+                continue;
+            }
+            let table_schema = if include_schema {
+                provider.schema()
+            } else {
+                Arc::new(Schema::empty())
+            };
+            builder
+                .append(&catalog, &schema, &table, table_type, &table_schema)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.batch_stream(batch).await
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        self.metadata_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
+        let mut builder = query.into_builder();
+        for t in ["LOCAL TEMPORARY", "TABLE", "VIEW"] {
+            builder.append(t);
+        }
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.batch_stream(batch).await
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        self.metadata_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
+        Status,
+    > {
+        let batch = query
+            .into_builder(&self.sql_info)
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.batch_stream(batch).await
+    }
+
+    async fn do_put_fallback(
+        &self,
+        _request: Request<PeekableFlightDataStream>,
+        message: Any,
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoPutStream>,
+        Status,
+    > {
+        Err(Status::unimplemented(format!(
+            "Weft is read-only; {} is not supported",
+            message.type_url
+        )))
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<
+        Response<<Self as arrow_flight::flight_service_server::FlightService>::DoActionStream>,
+        Status,
+    > {
+        let action = request.into_inner();
+        if action.r#type == "CancelFlightInfo" {
+            let req = CancelFlightInfoRequest::decode(action.body).map_err(|e| {
+                Status::invalid_argument(format!("malformed CancelFlightInfoRequest: {e}"))
+            })?;
+            let info = req
+                .info
+                .ok_or_else(|| Status::invalid_argument("CancelFlightInfoRequest has no info"))?;
+            let mut status = CancelStatus::NotCancellable;
+            for id in query_ids_of(&info) {
+                status = match self.engine.cancel(&id).await {
+                    Ok(true) => CancelStatus::Cancelled,
+                    Ok(false) => CancelStatus::NotCancellable,
+                    Err(_) => CancelStatus::Unspecified,
+                };
+            }
+            let result = CancelFlightInfoResult::new(status);
+            let body = result.encode_to_vec();
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+                arrow_flight::Result { body: body.into() },
+            )]))));
+        }
+        Err(Status::invalid_argument(format!(
+            "unknown action \"{}\" (Weft serves the Flight SQL actions and CancelFlightInfo)",
+            action.r#type
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

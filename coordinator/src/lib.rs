@@ -1,0 +1,169 @@
+//! The Weft coordinator: Arrow Flight SQL front end, planner and scheduler.
+//!
+//! A statement arriving at `GetFlightInfo` is planned by DataFusion, cut into
+//! stages ([`planner::stages`]), placed on the live workers
+//! ([`scheduler`]) and launched; its result partitions become the
+//! `FlightInfo` endpoints, streamed through the coordinator by `DoGet`.
+//! Query state and progress live in [`queries`].
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use weft_common::config::CatalogsConfig;
+//! use weft_common::registry::{MemoryRegistry, Registry};
+//! use weft_coordinator::{Coordinator, CoordinatorConfig};
+//! let registry = Arc::new(MemoryRegistry::new());
+//! let config = CoordinatorConfig::new("127.0.0.1:0".parse()?, CatalogsConfig::default());
+//! let coordinator = Coordinator::start(config, registry.members()).await?;
+//! println!("Flight SQL at grpc://{}", coordinator.addr());
+//! # Ok(()) }
+//! ```
+
+pub mod engine;
+pub mod flight_sql;
+pub mod planner;
+pub mod queries;
+pub mod scheduler;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionContext;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use weft_common::catalog::{register_catalogs, FILES_SCHEMA};
+use weft_common::config::CatalogsConfig;
+use weft_common::flight::MAX_MESSAGE_SIZE;
+use weft_common::registry::Members;
+use weft_common::session::{weft_session_config, DEFAULT_TARGET_PARTITIONS};
+
+pub use engine::{Engine, EngineSettings};
+
+/// Coordinator settings (mirrors the `weft-coordinator` flags).
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    pub catalogs: CatalogsConfig,
+    pub engine: EngineSettings,
+}
+
+impl CoordinatorConfig {
+    pub fn new(listen: SocketAddr, catalogs: CatalogsConfig) -> Self {
+        Self {
+            listen,
+            catalogs,
+            engine: EngineSettings::default(),
+        }
+    }
+}
+
+/// Starts coordinators.
+#[derive(Debug)]
+pub struct Coordinator;
+
+/// A running coordinator.
+#[derive(Debug)]
+pub struct CoordinatorHandle {
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    watcher: JoinHandle<()>,
+}
+
+impl Coordinator {
+    /// Registers the catalogs, binds the listener and serves Flight SQL.
+    /// A catalog that fails to register is logged and skipped.
+    pub async fn start(
+        config: CoordinatorConfig,
+        members: watch::Receiver<Members>,
+    ) -> anyhow::Result<CoordinatorHandle> {
+        let mut session = weft_session_config(DEFAULT_TARGET_PARTITIONS);
+        if let Some(default) = config.catalogs.effective_default() {
+            session = session
+                .with_default_catalog_and_schema(default, FILES_SCHEMA)
+                .with_create_default_catalog_and_schema(false);
+        }
+        let runtime = RuntimeEnvBuilder::new().build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        for e in register_catalogs(&ctx, &config.catalogs).await {
+            tracing::error!("{e}; the other catalogs stay available");
+        }
+        let engine = Arc::new(Engine::new(ctx, members.clone(), config.engine.clone()));
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let service =
+            flight_sql::poll::WithPoll::new(flight_sql::WeftFlightSql::new(Arc::clone(&engine)));
+        let service = FlightServiceServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                ),
+        );
+        let watcher = tokio::spawn(watch_membership(Arc::clone(&engine), members));
+        tracing::info!(%addr, "coordinator serving Flight SQL");
+        Ok(CoordinatorHandle {
+            addr,
+            engine,
+            stop: Some(stop_tx),
+            server: Some(server),
+            watcher,
+        })
+    }
+}
+
+async fn watch_membership(engine: Arc<Engine>, mut members: watch::Receiver<Members>) {
+    while members.changed().await.is_ok() {
+        let current = members.borrow_and_update().clone();
+        tracing::info!(workers = current.len(), "membership changed");
+        engine.on_membership_change(&current).await;
+    }
+}
+
+impl CoordinatorHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `grpc://host:port` URL for Flight SQL clients.
+    pub fn url(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        }
+    }
+}
+
+impl Drop for CoordinatorHandle {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}

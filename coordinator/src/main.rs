@@ -1,0 +1,70 @@
+//! `weft-coordinator`: the Flight SQL entry point of a Weft cluster. See `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use weft_common::config::CatalogsConfig;
+use weft_common::registry::{EtcdRegistry, EtcdSettings, Registry};
+use weft_coordinator::{Coordinator, CoordinatorConfig};
+
+/// Weft coordinator: serves Arrow Flight SQL, plans queries into stages and
+/// schedules them on the workers registered in etcd.
+#[derive(Debug, Parser)]
+#[command(name = "weft-coordinator", version)]
+struct Args {
+    /// Address to serve Flight SQL on.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:50050")]
+    listen: SocketAddr,
+    /// etcd endpoints, comma separated (e.g. http://127.0.0.1:2379).
+    #[arg(long, env = "WEFT_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Catalog file (TOML) describing the data sources.
+    #[arg(long, env = "WEFT_CATALOGS")]
+    catalogs: PathBuf,
+    /// Partitions per stage (default: total worker slots at planning time).
+    #[arg(long, env = "WEFT_TARGET_PARTITIONS")]
+    target_partitions: Option<usize>,
+    /// Maximum tasks per stage (default: total worker slots).
+    #[arg(long, env = "WEFT_MAX_TASKS_PER_STAGE")]
+    max_tasks_per_stage: Option<usize>,
+    /// Compression of Arrow IPC between nodes: none, lz4 or zstd.
+    #[arg(long, env = "WEFT_EXCHANGE_COMPRESSION", default_value = "none", value_parser = ["none", "lz4", "zstd"])]
+    exchange_compression: String,
+    /// Seconds to keep retrying etcd at startup.
+    #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
+    etcd_connect_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let catalogs = CatalogsConfig::load(&args.catalogs)?;
+    let registry = EtcdRegistry::connect(
+        EtcdSettings::new(args.etcd.clone()),
+        Duration::from_secs(args.etcd_connect_timeout),
+    )
+    .await?;
+    registry.start_watch().await?;
+    let mut config = CoordinatorConfig::new(args.listen, catalogs);
+    config.engine.target_partitions = args.target_partitions;
+    config.engine.max_tasks_per_stage = args.max_tasks_per_stage;
+    config.engine.compression = match args.exchange_compression.as_str() {
+        "none" => String::new(),
+        other => other.to_string(),
+    };
+    let coordinator = Coordinator::start(config, registry.members()).await?;
+    println!(
+        "weft-coordinator serving Flight SQL at {}",
+        coordinator.url()
+    );
+    tokio::signal::ctrl_c().await?;
+    coordinator.shutdown().await;
+    Ok(())
+}

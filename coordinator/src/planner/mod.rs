@@ -1,0 +1,3 @@
+//! From a DataFusion physical plan to a stage graph (see [`stages`]).
+
+pub mod stages;

@@ -1,0 +1,239 @@
+//! Query lifecycle and progress.
+//!
+//! ```text
+//!   queued ─► planning ─► running ─► finished
+//!                 │          ├─────► failed      (error in any task, worker lost)
+//!                 └──────────┴─────► cancelled   (CancelFlightInfo, dropped stream)
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use parking_lot::Mutex;
+use prost::Message;
+use weft_common::flight::{actions, ClientPool};
+use weft_proto::{QueryRef, QueryStatus, TaskLocation, TaskState};
+
+/// Lifecycle state of a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryState {
+    Queued,
+    Planning,
+    Running,
+    Finished,
+    Failed(String),
+    Cancelled,
+}
+
+impl QueryState {
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            QueryState::Finished | QueryState::Failed(_) | QueryState::Cancelled
+        )
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            QueryState::Queued => "queued",
+            QueryState::Planning => "planning",
+            QueryState::Running => "running",
+            QueryState::Finished => "finished",
+            QueryState::Failed(_) => "failed",
+            QueryState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Progress of one stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StageProgress {
+    pub stage_id: u32,
+    pub tasks_total: usize,
+    pub tasks_running: usize,
+    pub tasks_done: usize,
+    pub tasks_failed: usize,
+    pub rows_out: u64,
+    pub bytes_out: u64,
+}
+
+/// Progress of a query: per stage, and the fraction of tasks done.
+#[derive(Debug, Clone, Default)]
+pub struct QueryProgress {
+    pub state: String,
+    pub stages: Vec<StageProgress>,
+}
+
+impl QueryProgress {
+    pub fn fraction_done(&self) -> f64 {
+        let total: usize = self.stages.iter().map(|s| s.tasks_total).sum();
+        let done: usize = self.stages.iter().map(|s| s.tasks_done).sum();
+        if total == 0 {
+            0.0
+        } else {
+            done as f64 / total as f64
+        }
+    }
+}
+
+/// A query known to the coordinator.
+#[derive(Debug)]
+pub struct Query {
+    pub id: String,
+    pub sql: String,
+    pub created: Instant,
+    state: Mutex<QueryState>,
+    /// Set once running.
+    run: Mutex<Option<Arc<RunInfo>>>,
+    endpoints_done: AtomicUsize,
+}
+
+/// Where a running query's tasks are.
+#[derive(Debug)]
+pub struct RunInfo {
+    pub schema: SchemaRef,
+    /// Task locations per stage.
+    pub stages: Vec<Vec<TaskLocation>>,
+    /// Result endpoints: (final task, output partition).
+    pub endpoints: Vec<(TaskLocation, u32)>,
+    /// Distinct workers `(id, address)` running tasks of the query.
+    pub workers: Vec<(String, String)>,
+}
+
+impl Query {
+    pub fn state(&self) -> QueryState {
+        self.state.lock().clone()
+    }
+
+    /// Moves to `next` unless the query already ended; returns whether it moved.
+    pub fn transition(&self, next: QueryState) -> bool {
+        let mut s = self.state.lock();
+        if s.is_terminal() {
+            return false;
+        }
+        tracing::debug!(query_id = %self.id, from = s.name(), to = next.name(), "query state");
+        *s = next;
+        true
+    }
+
+    pub fn set_running(&self, run: Arc<RunInfo>) {
+        *self.run.lock() = Some(run);
+        self.transition(QueryState::Running);
+    }
+
+    pub(crate) fn run_slot(&self) -> parking_lot::MutexGuard<'_, Option<Arc<RunInfo>>> {
+        self.run.lock()
+    }
+
+    pub fn run_info(&self) -> Option<Arc<RunInfo>> {
+        self.run.lock().clone()
+    }
+
+    /// Records a fully read endpoint; true when it was the last one.
+    pub fn endpoint_done(&self) -> bool {
+        let total = self.run_info().map(|r| r.endpoints.len()).unwrap_or(0);
+        self.endpoints_done.fetch_add(1, Ordering::SeqCst) + 1 >= total
+    }
+
+    /// Asks the workers for task statuses and sums them per stage.
+    pub async fn progress(&self, clients: &ClientPool) -> QueryProgress {
+        let state = self.state();
+        let mut progress = QueryProgress {
+            state: state.name().to_string(),
+            stages: Vec::new(),
+        };
+        let Some(run) = self.run_info() else {
+            return progress;
+        };
+        progress.stages = run
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, tasks)| StageProgress {
+                stage_id: i as u32,
+                tasks_total: tasks.len(),
+                ..Default::default()
+            })
+            .collect();
+        if state == QueryState::Finished {
+            for s in &mut progress.stages {
+                s.tasks_done = s.tasks_total;
+            }
+        }
+        let calls = run.workers.iter().map(|(_, address)| {
+            clients.action(
+                address,
+                actions::QUERY_STATUS,
+                QueryRef {
+                    query_id: self.id.clone(),
+                },
+            )
+        });
+        for reply in futures::future::join_all(calls).await.into_iter().flatten() {
+            let Ok(status) = QueryStatus::decode(reply) else {
+                continue;
+            };
+            for t in status.tasks {
+                let Some(id) = &t.task else { continue };
+                let Some(s) = progress.stages.get_mut(id.stage_id as usize) else {
+                    continue;
+                };
+                s.rows_out += t.rows_out;
+                s.bytes_out += t.bytes_out;
+                if state == QueryState::Finished {
+                    continue;
+                }
+                match TaskState::try_from(t.state) {
+                    Ok(TaskState::Running) => s.tasks_running += 1,
+                    Ok(TaskState::Finished) => s.tasks_done += 1,
+                    Ok(TaskState::Failed) => s.tasks_failed += 1,
+                    _ => {}
+                }
+            }
+        }
+        progress
+    }
+}
+
+/// All queries of this coordinator; ended queries are forgotten after a while.
+#[derive(Debug, Default)]
+pub struct QueryManager {
+    queries: Mutex<HashMap<String, Arc<Query>>>,
+}
+
+/// How long an ended query stays visible (for progress and late cancels).
+const KEEP_ENDED: Duration = Duration::from_secs(600);
+
+impl QueryManager {
+    pub fn create(&self, sql: &str) -> Arc<Query> {
+        let q = Arc::new(Query {
+            id: uuid::Uuid::new_v4().to_string(),
+            sql: sql.to_string(),
+            created: Instant::now(),
+            state: Mutex::new(QueryState::Queued),
+            run: Mutex::new(None),
+            endpoints_done: AtomicUsize::new(0),
+        });
+        let mut queries = self.queries.lock();
+        queries.retain(|_, q| !(q.state().is_terminal() && q.created.elapsed() > KEEP_ENDED));
+        queries.insert(q.id.clone(), Arc::clone(&q));
+        q
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Query>> {
+        self.queries.lock().get(id).cloned()
+    }
+
+    /// Queries not yet ended.
+    pub fn active(&self) -> Vec<Arc<Query>> {
+        self.queries
+            .lock()
+            .values()
+            .filter(|q| !q.state().is_terminal())
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,196 @@
+//! Placing tasks on workers and launching them.
+//!
+//! All stages of a query run at once (they are pipelined: a downstream task
+//! reads its inputs while they are produced), so a query's tasks are placed
+//! together. Within a stage, tasks go round-robin over the workers' slots,
+//! rotating the starting worker per stage so stages spread over the cluster;
+//! a worker never gets more tasks of one stage than it has slots. Stages are
+//! launched upstream first, so a reader never asks for a task that does not
+//! exist yet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::common::Result;
+use datafusion::execution::config::SessionConfig;
+use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
+use prost::Message;
+use weft_common::codec::WeftCodec;
+use weft_common::flight::{actions, ClientPool};
+use weft_common::registry::WorkerInfo;
+use weft_common::session::session_options_for_tasks;
+use weft_proto::{LaunchTask, LaunchTaskResult, OutputMode, QueryRef, TaskId, TaskLocation};
+
+use crate::planner::stages::{bind_readers, StageGraph};
+
+/// Scheduling errors, each naming the worker involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("no workers are registered: start weft-worker processes with the same --etcd as the coordinator")]
+    NoWorkers,
+    #[error("cannot launch task {task} on worker {worker} at {address}: {message}")]
+    Launch {
+        task: TaskId,
+        worker: String,
+        address: String,
+        message: String,
+    },
+    #[error("cannot encode the plan of stage {stage}: {message}")]
+    Encode { stage: u32, message: String },
+}
+
+/// Total task slots of the given workers.
+pub fn total_slots(workers: &[WorkerInfo]) -> usize {
+    workers.iter().map(|w| w.slots.max(1) as usize).sum()
+}
+
+/// Worker for every task of every stage.
+pub fn place(
+    graph: &StageGraph,
+    workers: &[WorkerInfo],
+) -> Result<Vec<Vec<WorkerInfo>>, ScheduleError> {
+    if workers.is_empty() {
+        return Err(ScheduleError::NoWorkers);
+    }
+    // Slots interleaved across workers: w0, w1, w2, w0, w1, w2, ...
+    let max_slots = workers.iter().map(|w| w.slots.max(1)).max().unwrap_or(1);
+    let mut ring = Vec::new();
+    for round in 0..max_slots {
+        for w in workers {
+            if round < w.slots.max(1) {
+                ring.push(w.clone());
+            }
+        }
+    }
+    Ok(graph
+        .stages
+        .iter()
+        .map(|s| {
+            let offset = s.id as usize % workers.len();
+            (0..s.tasks)
+                .map(|t| ring[(offset + t) % ring.len()].clone())
+                .collect()
+        })
+        .collect())
+}
+
+/// Launches every task, upstream stages first. On error the caller cancels
+/// the query on all workers.
+pub async fn launch_all(
+    query_id: &str,
+    graph: &StageGraph,
+    placement: &[Vec<WorkerInfo>],
+    config: &SessionConfig,
+    codec: &WeftCodec,
+    clients: &ClientPool,
+    compression: &str,
+) -> Result<Vec<Vec<TaskLocation>>, ScheduleError> {
+    let locations: Vec<Vec<TaskLocation>> = placement
+        .iter()
+        .map(|workers| {
+            workers
+                .iter()
+                .enumerate()
+                .map(|(t, w)| TaskLocation {
+                    task_index: t as u32,
+                    address: w.address.clone(),
+                    worker_id: w.id.clone(),
+                })
+                .collect()
+        })
+        .collect();
+    let options = session_options_for_tasks(config);
+    for stage in &graph.stages {
+        let encode_err = |e: datafusion::error::DataFusionError| ScheduleError::Encode {
+            stage: stage.id,
+            message: e.to_string(),
+        };
+        let mut launches = Vec::with_capacity(stage.tasks);
+        for t in 0..stage.tasks {
+            let plan = stage.task_plan(t).map_err(encode_err)?;
+            let plan =
+                bind_readers(plan, &|s| locations[s as usize].clone()).map_err(encode_err)?;
+            let bytes =
+                physical_plan_to_bytes_with_extension_codec(plan, codec).map_err(encode_err)?;
+            let task = TaskId {
+                query_id: query_id.to_string(),
+                stage_id: stage.id,
+                task_index: t as u32,
+            };
+            let request = LaunchTask {
+                task: Some(task.clone()),
+                plan: bytes.to_vec(),
+                output_mode: if stage.replay {
+                    OutputMode::Replay
+                } else {
+                    OutputMode::Exclusive
+                } as i32,
+                session_options: options.clone().into_iter().collect(),
+                compression: compression.to_string(),
+            };
+            let worker = &placement[stage.id as usize][t];
+            let expected = stage.task_outputs(t);
+            launches.push(async move {
+                let result = clients
+                    .action(&worker.address, actions::LAUNCH_TASK, request)
+                    .await;
+                let launch_err = |message: String| ScheduleError::Launch {
+                    task: task.clone(),
+                    worker: worker.id.clone(),
+                    address: worker.address.clone(),
+                    message,
+                };
+                let body = result.map_err(|s| launch_err(s.message().to_string()))?;
+                let reply =
+                    LaunchTaskResult::decode(body).map_err(|e| launch_err(e.to_string()))?;
+                if reply.output_partitions as usize != expected {
+                    return Err(launch_err(format!(
+                        "task has {} outputs, expected {expected}",
+                        reply.output_partitions
+                    )));
+                }
+                Ok(())
+            });
+        }
+        futures::future::try_join_all(launches).await?;
+    }
+    Ok(locations)
+}
+
+/// Tells every worker to stop (`cancel`) or forget (`release`) a query's tasks.
+/// Best effort: a worker that cannot be reached has lost the tasks anyway.
+pub async fn notify_workers(
+    clients: &ClientPool,
+    workers: &[(String, String)],
+    query_id: &str,
+    cancel: bool,
+) {
+    let action = if cancel {
+        actions::CANCEL_QUERY
+    } else {
+        actions::RELEASE_QUERY
+    };
+    let calls = workers.iter().map(|(id, address)| async move {
+        let body = QueryRef {
+            query_id: query_id.to_string(),
+        };
+        if let Err(e) = clients.action(address, action, body).await {
+            tracing::debug!(worker = %id, query_id, "{action} failed: {}", e.message());
+        }
+    });
+    futures::future::join_all(calls).await;
+}
+
+/// Distinct `(worker id, address)` pairs used by a placement.
+pub fn workers_of(placement: &[Vec<WorkerInfo>]) -> Vec<(String, String)> {
+    let mut map = HashMap::new();
+    for w in placement.iter().flatten() {
+        map.insert(w.id.clone(), w.address.clone());
+    }
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort();
+    v
+}
+
+/// Convenience for callers holding an `Arc<ClientPool>`.
+pub type Clients = Arc<ClientPool>;

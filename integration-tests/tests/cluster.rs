@@ -1,0 +1,346 @@
+//! Membership, cancellation, failures and the Flight SQL surface, on real
+//! multi-node clusters.
+
+use std::time::Duration;
+
+use arrow::array::{Array, Int64Array, StringArray};
+use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables};
+use arrow_flight::{Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus};
+use futures::TryStreamExt;
+use prost::Message;
+use weft_integration_tests::{
+    eventually, files_catalog, read_all, run_sql, tpch_dir, ClusterOptions, TestCluster,
+};
+
+const SCALE: f64 = 0.05;
+
+fn options() -> ClusterOptions {
+    ClusterOptions {
+        catalogs: files_catalog("tpch", tpch_dir(SCALE, 3)),
+        target_partitions: Some(4),
+        ..Default::default()
+    }
+}
+
+/// A query that runs for a long time and streams many rows.
+const LONG_QUERY: &str = "SELECT a.l_orderkey, b.l_partkey FROM lineitem a CROSS JOIN lineitem b";
+
+fn total(batches: &[arrow::record_batch::RecordBatch]) -> i64 {
+    batches
+        .iter()
+        .map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64")
+                .value(0)
+        })
+        .sum()
+}
+
+/// 1. Start 3 workers registered in etcd.
+/// 2. Kill one; it must leave the coordinator's membership within the lease TTL.
+/// 3. A query still runs on the remaining workers.
+/// 4. Add a new worker; the next query uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_worker_leaves_and_new_worker_is_used() {
+    let mut cluster = TestCluster::start(3, options()).await.expect("cluster");
+    // 2.
+    let killed = cluster.kill_worker(0).expect("worker 0");
+    let ttl = Duration::from_secs(cluster_ttl() + 2);
+    assert!(
+        eventually(ttl, || !cluster.member_ids().contains(&killed)).await,
+        "killed worker {killed} still a member after {ttl:?}"
+    );
+    assert_eq!(cluster.member_ids().len(), 2);
+    // 3.
+    let rows = total(
+        &cluster
+            .query("SELECT count(*) FROM lineitem")
+            .await
+            .expect("query"),
+    );
+    assert!(rows > 0);
+    // 4.
+    let new = cluster.add_worker().await.expect("new worker");
+    cluster.wait_for_workers(3).await.expect("3 members");
+    let new_worker = cluster.worker(new).expect("new worker handle");
+    let before = new_worker.tasks().query_ids().len();
+    assert_eq!(before, 0);
+    let again = total(
+        &cluster
+            .query("SELECT count(*) FROM lineitem")
+            .await
+            .expect("query"),
+    );
+    assert_eq!(again, rows);
+    // Tasks are released after the query ends; the worker's launch counter proves it ran some.
+    assert!(
+        new_worker.tasks().launched() > 0,
+        "the new worker got no task"
+    );
+}
+
+fn cluster_ttl() -> u64 {
+    ClusterOptions::default().lease_ttl_secs as u64
+}
+
+/// 1. Start a long query and read its first batch.
+/// 2. Cancel it with CancelFlightInfo.
+/// 3. Every worker drops every task of the query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_flight_info_stops_every_task() {
+    let cluster = TestCluster::start(2, options()).await.expect("cluster");
+    let mut client = cluster.client().await.expect("client");
+    let info = client
+        .execute(LONG_QUERY.to_string(), None)
+        .await
+        .expect("execute");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = client.do_get(ticket).await.expect("do_get");
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.try_next())
+        .await
+        .expect("first batch in time")
+        .expect("first batch");
+    assert!(first.is_some());
+    assert!(cluster.live_workers().any(|w| w.tasks().task_count() > 0));
+    let action = Action {
+        r#type: "CancelFlightInfo".to_string(),
+        body: CancelFlightInfoRequest::new(info.clone())
+            .encode_to_vec()
+            .into(),
+    };
+    let mut results = client.do_action(action).await.expect("cancel");
+    let body = results
+        .try_next()
+        .await
+        .expect("cancel result")
+        .expect("one result");
+    let result = CancelFlightInfoResult::decode(body.body).expect("CancelFlightInfoResult");
+    assert_eq!(result.status, CancelStatus::Cancelled as i32);
+    assert!(
+        eventually(Duration::from_secs(10), || cluster
+            .live_workers()
+            .all(|w| w.tasks().task_count() == 0))
+        .await,
+        "tasks still present after cancel"
+    );
+    // The stream ends with an error or end-of-stream, never hangs.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.try_next().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "stream hung after cancel");
+}
+
+/// 1. Start a long query, read one batch, drop the stream.
+/// 2. Every worker drops every task of the query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_result_stream_cancels_the_query() {
+    let cluster = TestCluster::start(2, options()).await.expect("cluster");
+    let mut client = cluster.client().await.expect("client");
+    let info = client
+        .execute(LONG_QUERY.to_string(), None)
+        .await
+        .expect("execute");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = client.do_get(ticket).await.expect("do_get");
+    stream.try_next().await.expect("first batch");
+    drop(stream);
+    assert!(
+        eventually(Duration::from_secs(10), || cluster
+            .live_workers()
+            .all(|w| w.tasks().task_count() == 0))
+        .await,
+        "tasks still present after the client dropped the stream"
+    );
+}
+
+/// 1. Start a long query on 2 workers and read a batch.
+/// 2. Kill one worker.
+/// 3. The query fails within seconds with an error naming that worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_death_fails_the_query_naming_the_worker() {
+    let mut cluster = TestCluster::start(2, options()).await.expect("cluster");
+    let mut client = cluster.client().await.expect("client");
+    let info = client
+        .execute(LONG_QUERY.to_string(), None)
+        .await
+        .expect("execute");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = client.do_get(ticket).await.expect("do_get");
+    stream.try_next().await.expect("first batch");
+    let victim = cluster.kill_worker(1).expect("worker 1");
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.try_next().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err("stream ended without an error".to_string()),
+                Err(e) => return Ok(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("query did not fail in time");
+    let message = outcome.expect("an error");
+    assert!(
+        message.contains(&victim),
+        "error does not name worker {victim}: {message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flight_sql_metadata_and_prepared_statements() {
+    let cluster = TestCluster::start(2, options()).await.expect("cluster");
+    let mut client = cluster.client().await.expect("client");
+
+    let token = client
+        .handshake("alice", "secret")
+        .await
+        .expect("handshake");
+    assert!(!token.is_empty());
+
+    let info = client.get_catalogs().await.expect("catalogs");
+    let batches = read_all(&mut client, &info).await.expect("read catalogs");
+    let names = strings(&batches, 0);
+    assert!(names.contains(&"tpch".to_string()), "{names:?}");
+
+    let info = client
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: Some("tpch".into()),
+            db_schema_filter_pattern: None,
+        })
+        .await
+        .expect("schemas");
+    let batches = read_all(&mut client, &info).await.expect("read schemas");
+    assert!(strings(&batches, 1).contains(&"public".to_string()));
+
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: Some("tpch".into()),
+            db_schema_filter_pattern: Some("public".into()),
+            table_name_filter_pattern: Some("line%".into()),
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .expect("tables");
+    let batches = read_all(&mut client, &info).await.expect("read tables");
+    assert_eq!(strings(&batches, 2), vec!["lineitem".to_string()]);
+    assert_eq!(batches[0].num_columns(), 5, "table_schema column present");
+
+    let info = client.get_table_types().await.expect("table types");
+    let batches = read_all(&mut client, &info)
+        .await
+        .expect("read table types");
+    assert!(strings(&batches, 0).contains(&"TABLE".to_string()));
+
+    let info = client.get_sql_info(vec![]).await.expect("sql info");
+    let batches = read_all(&mut client, &info).await.expect("read sql info");
+    assert!(batches.iter().map(|b| b.num_rows()).sum::<usize>() > 3);
+
+    let mut prepared = client
+        .prepare(
+            "SELECT count(*) AS n FROM nation WHERE n_regionkey = 1".to_string(),
+            None,
+        )
+        .await
+        .expect("prepare");
+    assert_eq!(
+        prepared.dataset_schema().expect("schema").field(0).name(),
+        "n"
+    );
+    let info = prepared.execute().await.expect("execute prepared");
+    let batches = read_all(&mut client, &info).await.expect("read prepared");
+    assert_eq!(total(&batches), 5);
+    prepared.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn user_errors_are_clear() {
+    let cluster = TestCluster::start(1, options()).await.expect("cluster");
+    let mut client = cluster.client().await.expect("client");
+    let e = run_sql(&mut client, "SELEC 1")
+        .await
+        .expect_err("bad SQL")
+        .to_string();
+    assert!(
+        e.contains("InvalidArgument") || e.contains("invalid argument"),
+        "{e}"
+    );
+    let e = run_sql(&mut client, "SELECT * FROM tpch.public.no_such_table")
+        .await
+        .expect_err("unknown table")
+        .to_string();
+    assert!(e.contains("no_such_table"), "{e}");
+    let e = run_sql(&mut client, "SELECT * FROM nocatalog.public.t")
+        .await
+        .expect_err("unknown catalog")
+        .to_string();
+    assert!(e.contains("nocatalog"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_workers_is_reported() {
+    let cluster = TestCluster::start(0, options()).await.expect("cluster");
+    let e = cluster
+        .query("SELECT 1")
+        .await
+        .expect_err("no workers")
+        .to_string();
+    assert!(e.contains("no workers are registered"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_stream_before_the_query_ends() {
+    let cluster = TestCluster::start(2, options()).await.expect("cluster");
+    let mut client = cluster.client().await.expect("client");
+    let info = client
+        .execute(LONG_QUERY.to_string(), None)
+        .await
+        .expect("execute");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = client.do_get(ticket).await.expect("do_get");
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.try_next())
+        .await
+        .expect("first batch in time")
+        .expect("first batch")
+        .expect("a batch");
+    assert!(first.num_rows() > 0);
+    // The cross join has ~9e10 rows: it is certainly still running.
+    assert!(cluster
+        .live_workers()
+        .any(|w| w.tasks().running_count() > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exchange_compression_gives_same_results() {
+    let mut opts = options();
+    opts.compression = "zstd".to_string();
+    let cluster = TestCluster::start(2, opts).await.expect("cluster");
+    let sql =
+        "SELECT l_returnflag, count(*) FROM lineitem GROUP BY l_returnflag ORDER BY l_returnflag";
+    let batches = cluster.query(sql).await.expect("query");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+}
+
+fn strings(batches: &[arrow::record_batch::RecordBatch], col: usize) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b
+                .column(col)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8 column");
+            (0..a.len())
+                .map(|i| a.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

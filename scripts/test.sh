@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs Weft's whole test suite on a fresh machine.
+#
+# Installs what the tests need when missing (protoc, etcd), starts etcd on a
+# private port with a temporary data directory, runs `cargo test --workspace`
+# and stops etcd afterwards. Extra arguments go to `cargo test`.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
+
+need_apt=()
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+work=$(mktemp -d -t weft-test-XXXXXX)
+etcd_pid=""
+cleanup() {
+  if [ -n "$etcd_pid" ]; then
+    kill "$etcd_pid" 2>/dev/null || true
+    wait "$etcd_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+client_port=$(free_port)
+peer_port=$(free_port)
+echo "== starting etcd on 127.0.0.1:$client_port (data in $work/etcd)"
+etcd --name weft-test \
+  --data-dir "$work/etcd" \
+  --listen-client-urls "http://127.0.0.1:$client_port" \
+  --advertise-client-urls "http://127.0.0.1:$client_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "weft-test=http://127.0.0.1:$peer_port" \
+  --log-level error >"$work/etcd.log" 2>&1 &
+etcd_pid=$!
+
+for _ in $(seq 1 100); do
+  if curl -fs "http://127.0.0.1:$client_port/health" >/dev/null 2>&1; then
+    break
+  fi
+  if ! kill -0 "$etcd_pid" 2>/dev/null; then
+    echo "etcd failed to start:" >&2
+    cat "$work/etcd.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+export WEFT_TEST_ETCD="http://127.0.0.1:$client_port"
+
+echo "== cargo test (target dir $CARGO_TARGET_DIR)"
+cargo test --workspace "$@"

@@ -1,0 +1,232 @@
+//! The Weft worker: registers itself in the membership registry, runs the
+//! tasks the coordinator launches, and serves their outputs over Arrow Flight.
+//!
+//! Main types: [`WorkerConfig`], [`Worker::start`] and the [`WorkerHandle`] it
+//! returns (address, graceful [`WorkerHandle::shutdown`], abrupt
+//! [`WorkerHandle::kill`] for fault tests).
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use weft_common::registry::MemoryRegistry;
+//! use weft_worker::{Worker, WorkerConfig};
+//! let registry = Arc::new(MemoryRegistry::new());
+//! let worker = Worker::start(WorkerConfig::new("127.0.0.1:0".parse()?), registry).await?;
+//! println!("worker {} at {}", worker.id(), worker.address());
+//! worker.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod service;
+pub mod tasks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use weft_common::codec::WeftCodec;
+use weft_common::flight::{ClientPool, MAX_MESSAGE_SIZE};
+use weft_common::registry::{Registration, Registry, WorkerInfo};
+
+pub use service::WorkerService;
+pub use tasks::TaskManager;
+
+/// How long a gracefully stopping worker waits for its running tasks.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Worker settings (mirrors the `weft-worker` flags).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub listen: SocketAddr,
+    /// Address announced to others; defaults to the bound listen address.
+    pub advertise: Option<String>,
+    pub slots: u32,
+    /// Memory pool size in bytes; `None` means unbounded.
+    pub memory_limit: Option<usize>,
+    pub id: Option<String>,
+}
+
+impl WorkerConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            advertise: None,
+            slots: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(2),
+            memory_limit: None,
+            id: None,
+        }
+    }
+}
+
+/// Parses sizes such as `512M`, `4G`, `2GiB`, `1048576`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        format!("invalid size \"{text}\": expected a number with an optional unit, e.g. 4G")
+    })?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0f64.powi(4),
+        other => {
+            return Err(format!(
+                "invalid size unit \"{other}\" in \"{text}\" (use K, M, G or T)"
+            ))
+        }
+    };
+    Ok((value * mult) as usize)
+}
+
+/// Starts workers.
+#[derive(Debug)]
+pub struct Worker;
+
+/// A running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    info: WorkerInfo,
+    tasks: Arc<TaskManager>,
+    registration: Option<Box<dyn Registration>>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+fn runtime(memory_limit: Option<usize>) -> datafusion::error::Result<Arc<RuntimeEnv>> {
+    let mut builder = RuntimeEnvBuilder::new();
+    if let Some(limit) = memory_limit {
+        builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+    }
+    builder.build_arc()
+}
+
+impl Worker {
+    /// Binds the listener, serves Flight and registers the worker.
+    pub async fn start(
+        config: WorkerConfig,
+        registry: Arc<dyn Registry>,
+    ) -> anyhow::Result<WorkerHandle> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let local = listener.local_addr()?;
+        let address = match &config.advertise {
+            Some(a) if a.contains("://") => a.clone(),
+            Some(a) => format!("http://{a}"),
+            None => format!("http://{local}"),
+        };
+        let id = config.id.clone().unwrap_or_else(|| {
+            format!(
+                "worker-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
+        });
+        let info = WorkerInfo {
+            id: id.clone(),
+            address,
+            slots: config.slots.max(1),
+            version: weft_common::VERSION.to_string(),
+        };
+        let codec = WeftCodec::new(Arc::new(ClientPool::new()));
+        let tasks = Arc::new(TaskManager::new(
+            id.clone(),
+            runtime(config.memory_limit)?,
+            codec,
+        ));
+        let service = FlightServiceServer::new(WorkerService::new(Arc::clone(&tasks)))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                }),
+        );
+        let registration = registry.register(info.clone()).await?;
+        tracing::info!(worker = %id, address = %info.address, slots = info.slots, "worker registered");
+        Ok(WorkerHandle {
+            info,
+            tasks,
+            registration: Some(registration),
+            stop: Some(stop_tx),
+            server: Some(server),
+        })
+    }
+}
+
+impl WorkerHandle {
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    /// Flight address, e.g. `http://127.0.0.1:40123`.
+    pub fn address(&self) -> &str {
+        &self.info.address
+    }
+
+    pub fn info(&self) -> &WorkerInfo {
+        &self.info
+    }
+
+    pub fn tasks(&self) -> &Arc<TaskManager> {
+        &self.tasks
+    }
+
+    /// Graceful stop (SIGTERM): leave the membership at once, accept no new
+    /// tasks, let running tasks finish (up to [`SHUTDOWN_GRACE`]), then stop.
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.registration.take() {
+            if let Err(e) = r.revoke().await {
+                tracing::warn!("{e}");
+            }
+        }
+        self.tasks.stop_accepting();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.tasks.running_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+    }
+
+    /// Abrupt stop, as if the process died: the server stops answering and the
+    /// registration is no longer kept alive (it is not revoked, so an etcd lease
+    /// expires on its own).
+    pub fn kill(mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        self.tasks.kill();
+        // Dropping the registration stops the keep-alive without revoking.
+        self.registration.take();
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The worker's Arrow Flight service: task actions and output streams.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow::ipc::CompressionType;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+use weft_common::flight::actions;
+use weft_proto::{
+    CancelResult, LaunchTask, LaunchTaskResult, PartitionTicket, QueryRef, QueryStatus,
+};
+
+use crate::tasks::{OutputStream, TaskError, TaskManager};
+
+/// Flight service of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerService {
+    tasks: Arc<TaskManager>,
+}
+
+impl WorkerService {
+    pub fn new(tasks: Arc<TaskManager>) -> Self {
+        Self { tasks }
+    }
+}
+
+impl From<TaskError> for Status {
+    fn from(e: TaskError) -> Self {
+        let message = e.to_string();
+        match e {
+            TaskError::ShuttingDown { .. } | TaskError::Killed { .. } => {
+                Status::unavailable(message)
+            }
+            TaskError::Duplicate { .. } => Status::already_exists(message),
+            TaskError::NotFound { .. } => Status::not_found(message),
+            TaskError::NoSuchOutput { .. } => Status::out_of_range(message),
+            TaskError::AlreadyConsumed { .. } => Status::failed_precondition(message),
+            TaskError::Plan { .. } => Status::invalid_argument(message),
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn decode<M: Message + Default>(body: &[u8], what: &str) -> Result<M, Status> {
+    M::decode(body).map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
+}
+
+fn one_result(body: Vec<u8>) -> Response<BoxStream<arrow_flight::Result>> {
+    let item = arrow_flight::Result { body: body.into() };
+    Response::new(Box::pin(futures::stream::iter([Ok(item)])))
+}
+
+#[tonic::async_trait]
+impl FlightService for WorkerService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "workers do not authenticate clients; connect to the coordinator",
+        ))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented(
+            "list_flights is not served by workers",
+        ))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented(
+            "workers serve DoGet only; send SQL to the coordinator",
+        ))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "workers serve DoGet only; send SQL to the coordinator",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("get_schema is not served by workers"))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let ticket: PartitionTicket = decode(&request.get_ref().ticket, "partition ticket")?;
+        let id = ticket.task.unwrap_or_default();
+        let (task, output) = self.tasks.open_output(&id, ticket.partition)?;
+        let batches: Pin<
+            Box<
+                dyn Stream<Item = datafusion::error::Result<arrow::record_batch::RecordBatch>>
+                    + Send,
+            >,
+        > = match output {
+            OutputStream::Exclusive(rx) => {
+                let task = Arc::clone(&task);
+                let partition = ticket.partition as usize;
+                let worker = self.tasks.worker_id().to_string();
+                let cut_short = futures::stream::once(async move {
+                        // The channel closed: either the producer finished or it was stopped.
+                        if task.output_completed(partition) {
+                            None
+                        } else {
+                            Some(Err(datafusion::error::DataFusionError::Execution(format!(
+                                "weft: task {} on worker {worker} stopped before finishing output {partition} (query cancelled or worker stopping)",
+                                task.id
+                            ))))
+                        }
+                    })
+                    .filter_map(futures::future::ready);
+                Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).chain(cut_short))
+            }
+            OutputStream::Replay(buffer) => Box::pin(buffer.reader()),
+        };
+        let compression = match task.compression.as_str() {
+            "lz4" => Some(CompressionType::LZ4_FRAME),
+            "zstd" => Some(CompressionType::ZSTD),
+            _ => None,
+        };
+        let options = IpcWriteOptions::default()
+            .try_with_compression(compression)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(task.plan.schema())
+            .with_options(options)
+            .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))))
+            .map_err(|e| match e {
+                FlightError::Tonic(status) => *status,
+                other => Status::internal(other.to_string()),
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("do_put is not served by workers"))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        match action.r#type.as_str() {
+            actions::LAUNCH_TASK => {
+                let launch: LaunchTask = decode(&action.body, "launch request")?;
+                let outputs = self.tasks.launch(launch)?;
+                Ok(one_result(
+                    LaunchTaskResult {
+                        output_partitions: outputs,
+                    }
+                    .encode_to_vec(),
+                ))
+            }
+            actions::CANCEL_QUERY => {
+                let q: QueryRef = decode(&action.body, "query reference")?;
+                let n = self.tasks.cancel_query(&q.query_id);
+                Ok(one_result(
+                    CancelResult { tasks_cancelled: n }.encode_to_vec(),
+                ))
+            }
+            actions::RELEASE_QUERY => {
+                let q: QueryRef = decode(&action.body, "query reference")?;
+                self.tasks.release_query(&q.query_id);
+                Ok(one_result(Vec::new()))
+            }
+            actions::QUERY_STATUS => {
+                let q: QueryRef = decode(&action.body, "query reference")?;
+                let tasks = self.tasks.query_status(&q.query_id);
+                Ok(one_result(QueryStatus { tasks }.encode_to_vec()))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown worker action \"{other}\" (expected one of {}, {}, {}, {})",
+                actions::LAUNCH_TASK,
+                actions::CANCEL_QUERY,
+                actions::RELEASE_QUERY,
+                actions::QUERY_STATUS
+            ))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let list = [
+            actions::LAUNCH_TASK,
+            actions::CANCEL_QUERY,
+            actions::RELEASE_QUERY,
+            actions::QUERY_STATUS,
+        ]
+        .map(|t| {
+            Ok(ActionType {
+                r#type: t.to_string(),
+                description: String::new(),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(list))))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented(
+            "do_exchange is not served by workers",
+        ))
+    }
+}

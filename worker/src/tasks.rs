@@ -1,0 +1,533 @@
+//! Running tasks and their output buffers.
+//!
+//! A task is a plan fragment; each of its output partitions is pumped by its
+//! own tokio task into an output slot that downstream consumers read with
+//! `DoGet`:
+//! - exclusive slots hold a bounded channel read by exactly one consumer, so a
+//!   slow consumer slows the producer (backpressure);
+//! - replay slots keep every batch so any number of consumers can read the
+//!   whole output (a broadcast join's small build side).
+//!
+//! A task lives until the coordinator cancels or releases its query.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::SessionContext;
+use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use weft_common::codec::WeftCodec;
+use weft_common::session::{apply_session_options, weft_session_config};
+use weft_proto::{LaunchTask, OutputMode, TaskId, TaskState, TaskStatus};
+
+/// Batches buffered per exclusive output before the producer waits.
+const EXCLUSIVE_BUFFER_BATCHES: usize = 4;
+
+/// Errors of the task manager, mapped to gRPC statuses by the service.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("worker {worker} is shutting down and accepts no new tasks")]
+    ShuttingDown { worker: String },
+    #[error("task {task} already exists on worker {worker}")]
+    Duplicate { task: TaskId, worker: String },
+    #[error(
+        "task {task} is not running on worker {worker} (its query was cancelled or has finished)"
+    )]
+    NotFound { task: TaskId, worker: String },
+    #[error("task {task} has {count} outputs, partition {partition} does not exist")]
+    NoSuchOutput {
+        task: TaskId,
+        partition: u32,
+        count: usize,
+    },
+    #[error("output {partition} of task {task} is already being read by another consumer")]
+    AlreadyConsumed { task: TaskId, partition: u32 },
+    #[error("worker {worker} is stopped")]
+    Killed { worker: String },
+    #[error("task {task}: {source}")]
+    Plan {
+        task: TaskId,
+        source: DataFusionError,
+    },
+}
+
+type Key = (String, u32, u32);
+
+fn key(t: &TaskId) -> Key {
+    (t.query_id.clone(), t.stage_id, t.task_index)
+}
+
+/// Everything the worker knows about its tasks.
+pub struct TaskManager {
+    worker_id: String,
+    tasks: Mutex<HashMap<Key, Arc<RunningTask>>>,
+    runtime: Arc<RuntimeEnv>,
+    base: SessionContext,
+    codec: WeftCodec,
+    accepting: AtomicBool,
+    killed: AtomicBool,
+    launched: AtomicU64,
+}
+
+impl std::fmt::Debug for TaskManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskManager")
+            .field("worker_id", &self.worker_id)
+            .field("tasks", &self.tasks.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One launched task.
+#[derive(Debug)]
+pub struct RunningTask {
+    pub id: TaskId,
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub compression: String,
+    outputs: Vec<Output>,
+    producers: Mutex<JoinSet<()>>,
+    /// Set per output when its producer reached the end of its stream; a
+    /// channel that closes without it was cut short (cancel, shutdown).
+    completed: Vec<AtomicBool>,
+    pending_outputs: AtomicUsize,
+    state: Mutex<(TaskState, String)>,
+    rows_out: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+#[derive(Debug)]
+enum Output {
+    Exclusive(Mutex<Option<mpsc::Receiver<Result<RecordBatch>>>>),
+    Replay(Arc<ReplayBuffer>),
+}
+
+/// Output kept for any number of readers.
+#[derive(Debug)]
+pub struct ReplayBuffer {
+    state: Mutex<ReplayState>,
+    version: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct ReplayState {
+    batches: Vec<RecordBatch>,
+    end: Option<std::result::Result<(), String>>,
+}
+
+impl ReplayBuffer {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(ReplayState::default()),
+            version: watch::channel(0).0,
+        }
+    }
+
+    fn push(&self, batch: RecordBatch) {
+        self.state.lock().batches.push(batch);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    fn finish(&self, end: std::result::Result<(), String>) {
+        self.state.lock().end.get_or_insert(end);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// A stream of all batches, from the first, as they arrive.
+    pub fn reader(
+        self: &Arc<Self>,
+    ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static {
+        let buffer = Arc::clone(self);
+        let rx = self.version.subscribe();
+        futures::stream::unfold((buffer, rx, 0usize), |(buffer, mut rx, next)| async move {
+            loop {
+                rx.borrow_and_update();
+                {
+                    let state = buffer.state.lock();
+                    if let Some(b) = state.batches.get(next) {
+                        let b = b.clone();
+                        drop(state);
+                        return Some((Ok(b), (buffer, rx, next + 1)));
+                    }
+                    match &state.end {
+                        Some(Ok(())) => return None,
+                        Some(Err(e)) => {
+                            let e = DataFusionError::External(e.clone().into());
+                            drop(state);
+                            // Report the error once, then end.
+                            let len = usize::MAX;
+                            return Some((Err(e), (buffer, rx, len)));
+                        }
+                        None => {}
+                    }
+                }
+                if next == usize::MAX || rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+    }
+}
+
+/// A consumer's view of one task output.
+pub enum OutputStream {
+    Exclusive(mpsc::Receiver<Result<RecordBatch>>),
+    Replay(Arc<ReplayBuffer>),
+}
+
+impl std::fmt::Debug for OutputStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutputStream")
+    }
+}
+
+impl RunningTask {
+    pub fn status(&self) -> TaskStatus {
+        let (state, error) = self.state.lock().clone();
+        TaskStatus {
+            task: Some(self.id.clone()),
+            state: state as i32,
+            error,
+            rows_out: self.rows_out.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether output `partition` was produced to its end.
+    pub fn output_completed(&self, partition: usize) -> bool {
+        self.completed
+            .get(partition)
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+
+    fn is_running(&self) -> bool {
+        self.state.lock().0 == TaskState::Running
+    }
+
+    fn set_state(&self, state: TaskState, error: String) {
+        let mut s = self.state.lock();
+        if s.0 == TaskState::Running {
+            *s = (state, error);
+        }
+    }
+
+    fn cancel(&self) {
+        self.set_state(TaskState::Cancelled, String::new());
+        self.producers.lock().abort_all();
+        for o in &self.outputs {
+            if let Output::Replay(r) = o {
+                r.finish(Err(format!(
+                    "weft: task {} was stopped before finishing (query cancelled or worker stopping)",
+                    self.id
+                )));
+            }
+        }
+    }
+}
+
+impl TaskManager {
+    pub fn new(worker_id: String, runtime: Arc<RuntimeEnv>, codec: WeftCodec) -> Self {
+        let base = SessionContext::new_with_config_rt(
+            weft_session_config(weft_common::session::DEFAULT_TARGET_PARTITIONS),
+            Arc::clone(&runtime),
+        );
+        Self {
+            worker_id,
+            tasks: Mutex::new(HashMap::new()),
+            runtime,
+            base,
+            codec,
+            accepting: AtomicBool::new(true),
+            killed: AtomicBool::new(false),
+            launched: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Simulated death: refuse everything and stop all tasks.
+    pub fn kill(&self) {
+        self.stop_accepting();
+        self.killed.store(true, Ordering::SeqCst);
+        for q in self.query_ids() {
+            self.cancel_query(&q);
+        }
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Tasks whose producers are still running.
+    pub fn running_count(&self) -> usize {
+        self.tasks
+            .lock()
+            .values()
+            .filter(|t| t.is_running())
+            .count()
+    }
+
+    /// Tasks launched since the worker started.
+    pub fn launched(&self) -> u64 {
+        self.launched.load(Ordering::Relaxed)
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.tasks.lock().len()
+    }
+
+    fn task_context(&self, request: &LaunchTask, id: &TaskId) -> Result<Arc<TaskContext>> {
+        let mut config = weft_session_config(weft_common::session::DEFAULT_TARGET_PARTITIONS);
+        apply_session_options(&mut config, request.session_options.iter())?;
+        let base = self.base.task_ctx();
+        Ok(Arc::new(TaskContext::new(
+            Some(id.to_string()),
+            id.query_id.clone(),
+            config,
+            base.scalar_functions().clone(),
+            base.higher_order_functions().clone(),
+            base.aggregate_functions().clone(),
+            base.window_functions().clone(),
+            Arc::clone(&self.runtime),
+        )))
+    }
+
+    /// Decodes and starts a task; returns its number of outputs.
+    pub fn launch(&self, request: LaunchTask) -> std::result::Result<u32, TaskError> {
+        let id = request.task.clone().unwrap_or_default();
+        if self.killed.load(Ordering::SeqCst) {
+            return Err(TaskError::Killed {
+                worker: self.worker_id.clone(),
+            });
+        }
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(TaskError::ShuttingDown {
+                worker: self.worker_id.clone(),
+            });
+        }
+        let plan_err = |source| TaskError::Plan {
+            task: id.clone(),
+            source,
+        };
+        let ctx = self.task_context(&request, &id).map_err(plan_err)?;
+        let plan = physical_plan_from_bytes_with_extension_codec(&request.plan, &ctx, &self.codec)
+            .map_err(plan_err)?;
+        let count = plan.output_partitioning().partition_count();
+        let replay = request.output_mode == OutputMode::Replay as i32;
+
+        let mut outputs = Vec::with_capacity(count);
+        let mut senders = Vec::with_capacity(count);
+        for _ in 0..count {
+            if replay {
+                let buffer = Arc::new(ReplayBuffer::new());
+                senders.push(Sink::Replay(Arc::clone(&buffer)));
+                outputs.push(Output::Replay(buffer));
+            } else {
+                let (tx, rx) = mpsc::channel(EXCLUSIVE_BUFFER_BATCHES);
+                senders.push(Sink::Exclusive(tx));
+                outputs.push(Output::Exclusive(Mutex::new(Some(rx))));
+            }
+        }
+        let mut streams = Vec::with_capacity(count);
+        for i in 0..count {
+            streams.push(plan.execute(i, Arc::clone(&ctx)).map_err(plan_err)?);
+        }
+        let task = Arc::new(RunningTask {
+            id: id.clone(),
+            plan,
+            compression: request.compression.clone(),
+            outputs,
+            producers: Mutex::new(JoinSet::new()),
+            completed: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            pending_outputs: AtomicUsize::new(count),
+            state: Mutex::new((TaskState::Running, String::new())),
+            rows_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        });
+        {
+            let mut tasks = self.tasks.lock();
+            if tasks.contains_key(&key(&id)) {
+                return Err(TaskError::Duplicate {
+                    task: id,
+                    worker: self.worker_id.clone(),
+                });
+            }
+            tasks.insert(key(&id), Arc::clone(&task));
+        }
+        if count == 0 {
+            task.set_state(TaskState::Finished, String::new());
+        }
+        let mut producers = task.producers.lock();
+        for (i, (stream, sink)) in streams.into_iter().zip(senders).enumerate() {
+            producers.spawn(pump(stream, sink, Arc::downgrade(&task), i));
+        }
+        drop(producers);
+        self.launched.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(task = %id, outputs = count, "task launched");
+        Ok(count as u32)
+    }
+
+    /// Takes the stream of one output for a consumer.
+    pub fn open_output(
+        &self,
+        id: &TaskId,
+        partition: u32,
+    ) -> std::result::Result<(Arc<RunningTask>, OutputStream), TaskError> {
+        if self.killed.load(Ordering::SeqCst) {
+            return Err(TaskError::Killed {
+                worker: self.worker_id.clone(),
+            });
+        }
+        let task = self
+            .tasks
+            .lock()
+            .get(&key(id))
+            .cloned()
+            .ok_or_else(|| TaskError::NotFound {
+                task: id.clone(),
+                worker: self.worker_id.clone(),
+            })?;
+        let stream = match task.outputs.get(partition as usize) {
+            None => {
+                return Err(TaskError::NoSuchOutput {
+                    task: id.clone(),
+                    partition,
+                    count: task.outputs.len(),
+                })
+            }
+            Some(Output::Replay(r)) => OutputStream::Replay(Arc::clone(r)),
+            Some(Output::Exclusive(slot)) => {
+                OutputStream::Exclusive(slot.lock().take().ok_or_else(|| {
+                    TaskError::AlreadyConsumed {
+                        task: id.clone(),
+                        partition,
+                    }
+                })?)
+            }
+        };
+        Ok((task, stream))
+    }
+
+    fn remove_query(&self, query_id: &str) -> Vec<Arc<RunningTask>> {
+        let mut tasks = self.tasks.lock();
+        let keys: Vec<_> = tasks.keys().filter(|k| k.0 == query_id).cloned().collect();
+        keys.iter().filter_map(|k| tasks.remove(k)).collect()
+    }
+
+    /// Stops every task of a query and frees its buffers.
+    pub fn cancel_query(&self, query_id: &str) -> u32 {
+        let removed = self.remove_query(query_id);
+        for t in &removed {
+            t.cancel();
+        }
+        if !removed.is_empty() {
+            tracing::info!(
+                query_id,
+                tasks = removed.len(),
+                "query cancelled on this worker"
+            );
+        }
+        removed.len() as u32
+    }
+
+    /// Forgets a finished query (same effect as cancel, without logging).
+    pub fn release_query(&self, query_id: &str) {
+        for t in self.remove_query(query_id) {
+            t.cancel();
+        }
+    }
+
+    pub fn query_status(&self, query_id: &str) -> Vec<TaskStatus> {
+        let tasks = self.tasks.lock();
+        let mut out: Vec<_> = tasks
+            .iter()
+            .filter(|(k, _)| k.0 == query_id)
+            .map(|(_, t)| t.status())
+            .collect();
+        out.sort_by_key(|s| s.task.as_ref().map(|t| (t.stage_id, t.task_index)));
+        out
+    }
+}
+
+enum Sink {
+    Exclusive(mpsc::Sender<Result<RecordBatch>>),
+    Replay(Arc<ReplayBuffer>),
+}
+
+async fn pump(
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    sink: Sink,
+    task: std::sync::Weak<RunningTask>,
+    output: usize,
+) {
+    let mut failure = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(batch) => {
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                if let Some(t) = task.upgrade() {
+                    t.rows_out
+                        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    t.bytes_out
+                        .fetch_add(batch.get_array_memory_size() as u64, Ordering::Relaxed);
+                }
+                match &sink {
+                    Sink::Exclusive(tx) => {
+                        if tx.send(Ok(batch)).await.is_err() {
+                            // The consumer went away: stop producing this output.
+                            break;
+                        }
+                    }
+                    Sink::Replay(r) => r.push(batch),
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                match &sink {
+                    Sink::Exclusive(tx) => {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                    Sink::Replay(r) => r.finish(Err(message.clone())),
+                }
+                failure = Some(message);
+                break;
+            }
+        }
+    }
+    if let Sink::Replay(r) = &sink {
+        r.finish(Ok(()));
+    }
+    if let Some(t) = task.upgrade() {
+        if failure.is_none() {
+            t.completed[output].store(true, Ordering::SeqCst);
+        }
+        if let Some(message) = failure {
+            tracing::warn!(task = %t.id, "task failed: {message}");
+            t.set_state(TaskState::Failed, message);
+        } else if t.pending_outputs.fetch_sub(1, Ordering::SeqCst) == 1 {
+            t.set_state(TaskState::Finished, String::new());
+        }
+    }
+}
+
+impl TaskManager {
+    /// Queries that have tasks on this worker.
+    pub fn query_ids(&self) -> Vec<String> {
+        let mut ids: Vec<_> = self.tasks.lock().keys().map(|k| k.0.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
