@@ -32,6 +32,10 @@ struct Args {
     /// Compression of Arrow IPC between nodes: none, lz4 or zstd.
     #[arg(long, env = "WEFT_EXCHANGE_COMPRESSION", default_value = "none", value_parser = ["none", "lz4", "zstd"])]
     exchange_compression: String,
+    /// etcd key prefix of this cluster's worker registrations (clusters
+    /// sharing one etcd use different prefixes).
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = weft_common::registry::WORKERS_PREFIX)]
+    etcd_prefix: String,
     /// Seconds to keep retrying etcd at startup.
     #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
     etcd_connect_timeout: u64,
@@ -46,11 +50,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let catalogs = CatalogsConfig::load(&args.catalogs)?;
-    let registry = EtcdRegistry::connect(
-        EtcdSettings::new(args.etcd.clone()),
-        Duration::from_secs(args.etcd_connect_timeout),
-    )
-    .await?;
+    let mut settings = EtcdSettings::new(args.etcd.clone());
+    settings.prefix = args.etcd_prefix.clone();
+    let registry = EtcdRegistry::connect(settings, Duration::from_secs(args.etcd_connect_timeout)).await?;
     registry.start_watch().await?;
     let mut config = CoordinatorConfig::new(args.listen, catalogs);
     config.engine.target_partitions = args.target_partitions;

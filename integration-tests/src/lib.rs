@@ -64,6 +64,8 @@ pub struct TestCluster {
     workers: Vec<Option<WorkerHandle>>,
     options: ClusterOptions,
     memory: Option<Arc<MemoryRegistry>>,
+    /// etcd key prefix private to this cluster (tests share one etcd).
+    prefix: String,
     /// The coordinator's registry (kept alive for its watch).
     _coordinator_registry: Option<Arc<EtcdRegistry>>,
 }
@@ -79,9 +81,11 @@ fn etcd_endpoints() -> anyhow::Result<Vec<String>> {
 
 impl TestCluster {
     pub async fn start(workers: usize, options: ClusterOptions) -> anyhow::Result<Self> {
+        let prefix = format!("/weft-test/{}/workers/", uuid::Uuid::new_v4().simple());
         let (members, memory, coordinator_registry) = if options.etcd {
             let mut settings = EtcdSettings::new(etcd_endpoints()?);
             settings.lease_ttl_secs = options.lease_ttl_secs;
+            settings.prefix = prefix.clone();
             let registry =
                 Arc::new(EtcdRegistry::connect(settings, Duration::from_secs(10)).await?);
             registry.start_watch().await?;
@@ -100,6 +104,7 @@ impl TestCluster {
             workers: Vec::new(),
             options,
             memory,
+            prefix,
             _coordinator_registry: coordinator_registry,
         };
         for _ in 0..workers {
@@ -116,6 +121,7 @@ impl TestCluster {
             None => {
                 let mut settings = EtcdSettings::new(etcd_endpoints()?);
                 settings.lease_ttl_secs = self.options.lease_ttl_secs;
+                settings.prefix = self.prefix.clone();
                 Arc::new(EtcdRegistry::connect(settings, Duration::from_secs(10)).await?)
             }
         };

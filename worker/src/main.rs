@@ -37,6 +37,10 @@ struct Args {
     /// Lease TTL in seconds: a dead worker leaves the cluster within it.
     #[arg(long, env = "WEFT_LEASE_TTL", default_value_t = 5)]
     lease_ttl: i64,
+    /// etcd key prefix of this cluster's worker registrations (clusters
+    /// sharing one etcd use different prefixes).
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = weft_common::registry::WORKERS_PREFIX)]
+    etcd_prefix: String,
     /// Seconds to keep retrying etcd at startup.
     #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
     etcd_connect_timeout: u64,
@@ -54,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     CatalogsConfig::load(&args.catalogs)?;
     let mut settings = EtcdSettings::new(args.etcd.clone());
     settings.lease_ttl_secs = args.lease_ttl;
+    settings.prefix = args.etcd_prefix.clone();
     let registry =
         EtcdRegistry::connect(settings, Duration::from_secs(args.etcd_connect_timeout)).await?;
     let mut config = WorkerConfig::new(args.listen);

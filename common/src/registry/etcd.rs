@@ -1,6 +1,7 @@
 //! etcd-backed membership.
 //!
-//! Layout: a worker puts `WORKERS_PREFIX + <worker id>` = JSON [`WorkerInfo`],
+//! Layout: a worker puts `<prefix><worker id>` = JSON [`WorkerInfo`] (prefix
+//! [`WORKERS_PREFIX`] unless configured),
 //! attached to a lease of `lease_ttl` seconds that it keeps alive every third
 //! of the TTL. A worker that dies stops renewing; etcd deletes its key when the
 //! lease expires and the coordinator's prefix watch drops it from scheduling.
@@ -16,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::{sorted, Members, Registration, Registry, RegistryError, WorkerInfo};
 
-/// Key prefix under which workers register.
+/// Default key prefix under which workers register.
 pub const WORKERS_PREFIX: &str = "/weft/workers/";
 
 /// How to reach etcd and how long registrations live.
@@ -26,6 +27,9 @@ pub struct EtcdSettings {
     /// Lease TTL in seconds: a dead worker leaves the membership within it.
     pub lease_ttl_secs: i64,
     pub connect_timeout: Duration,
+    /// Key prefix of worker registrations; clusters sharing one etcd use
+    /// different prefixes.
+    pub prefix: String,
 }
 
 impl EtcdSettings {
@@ -34,6 +38,7 @@ impl EtcdSettings {
             endpoints,
             lease_ttl_secs: 5,
             connect_timeout: Duration::from_secs(3),
+            prefix: WORKERS_PREFIX.to_string(),
         }
     }
 
@@ -139,7 +144,7 @@ async fn load_snapshot(
     members: &watch::Sender<Members>,
 ) -> Result<i64, RegistryError> {
     let resp = client
-        .get(WORKERS_PREFIX, Some(GetOptions::new().with_prefix()))
+        .get(settings.prefix.as_str(), Some(GetOptions::new().with_prefix()))
         .await
         .map_err(|e| RegistryError::Operation {
             endpoints: settings.display(),
@@ -168,7 +173,7 @@ async fn watch_loop(
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let result = follow(&mut client, &members, &mut revision).await;
+        let result = follow(&mut client, &settings.prefix, &members, &mut revision).await;
         if let Err(e) = result {
             tracing::error!(
                 "lost the membership watch on etcd at {}: {e}; keeping the last known {} worker(s) and retrying in {backoff:?}",
@@ -190,6 +195,7 @@ async fn watch_loop(
 
 async fn follow(
     client: &mut Client,
+    prefix: &str,
     members: &watch::Sender<Members>,
     revision: &mut i64,
 ) -> Result<(), String> {
@@ -197,7 +203,7 @@ async fn follow(
         .with_prefix()
         .with_start_revision(*revision + 1);
     let mut stream = client
-        .watch(WORKERS_PREFIX, Some(options))
+        .watch(prefix, Some(options))
         .await
         .map_err(|e| e.to_string())?;
     let mut current: BTreeMap<String, WorkerInfo> = members
@@ -216,7 +222,7 @@ async fn follow(
             let Some(kv) = event.kv() else { continue };
             *revision = (*revision).max(kv.mod_revision());
             let key = String::from_utf8_lossy(kv.key()).to_string();
-            let id = key.trim_start_matches(WORKERS_PREFIX).to_string();
+            let id = key.trim_start_matches(prefix).to_string();
             match event.event_type() {
                 EventType::Put => match serde_json::from_slice::<WorkerInfo>(kv.value()) {
                     Ok(w) => {
@@ -304,7 +310,7 @@ async fn put_with_new_lease(
     })?;
     client
         .put(
-            format!("{WORKERS_PREFIX}{}", info.id),
+            format!("{}{}", settings.prefix, info.id),
             value,
             Some(PutOptions::new().with_lease(lease)),
         )
