@@ -18,6 +18,10 @@
 //!   means every partition of its output depends on every input partition, so
 //!   it cannot be split across tasks. Parallelism comes from file scan
 //!   partitions and hash shuffles instead.
+//! - **File-scan work stealing**: partitions of one scan take files from each
+//!   other at run time. A task runs only the partitions it owns, so its
+//!   partitions would steal (and read) the files of partitions owned by other
+//!   tasks: every task would read the whole table.
 //! - **Utf8View**: strings are planned as `Utf8`. View arrays reference shared
 //!   buffers; sliced view batches sent over Flight carry whole buffers and have
 //!   produced oversized frames. Plain `Utf8` encodes compactly.
@@ -41,6 +45,7 @@ pub fn weft_session_config(target_partitions: usize) -> SessionConfig {
     opts.optimizer.enable_physical_uncorrelated_scalar_subquery = false;
     opts.sql_parser.map_string_types_to_utf8view = false;
     opts.execution.parquet.schema_force_view_types = false;
+    opts.execution.enable_file_stream_work_stealing = false;
     config
 }
 

@@ -52,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
     let catalogs = CatalogsConfig::load(&args.catalogs)?;
     let mut settings = EtcdSettings::new(args.etcd.clone());
     settings.prefix = args.etcd_prefix.clone();
-    let registry = EtcdRegistry::connect(settings, Duration::from_secs(args.etcd_connect_timeout)).await?;
+    let registry =
+        EtcdRegistry::connect(settings, Duration::from_secs(args.etcd_connect_timeout)).await?;
     registry.start_watch().await?;
     let mut config = CoordinatorConfig::new(args.listen, catalogs);
     config.engine.target_partitions = args.target_partitions;

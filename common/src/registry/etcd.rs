@@ -144,7 +144,10 @@ async fn load_snapshot(
     members: &watch::Sender<Members>,
 ) -> Result<i64, RegistryError> {
     let resp = client
-        .get(settings.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .get(
+            settings.prefix.as_str(),
+            Some(GetOptions::new().with_prefix()),
+        )
         .await
         .map_err(|e| RegistryError::Operation {
             endpoints: settings.display(),

@@ -15,9 +15,11 @@
 
 use std::sync::Arc;
 
+use datafusion::common::JoinType;
 use datafusion::common::{plan_err, Result};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
@@ -240,15 +242,45 @@ impl Cutter {
     }
 }
 
-/// A fragment containing an operator whose every output partition depends on
-/// all its input partitions (other than at a cut) cannot be split across tasks.
+/// A fragment cannot be split across tasks when it contains
+/// - an operator whose every output partition depends on all its input
+///   partitions (a non-hash repartition), or
+/// - a join that collects its build side once and emits the build rows that
+///   no probe partition matched (left / left semi / left anti / left mark /
+///   full joins in `CollectLeft` mode, and nested-loop joins of those types):
+///   it tracks matches across *all* probe partitions of one plan instance and
+///   emits after the last one, so a task owning only some of them would never
+///   emit, or would emit rows another task matched.
 fn contains_unsplittable(plan: &Arc<dyn ExecutionPlan>) -> bool {
     if let Some(rep) = plan.downcast_ref::<RepartitionExec>() {
         if !matches!(rep.partitioning(), Partitioning::Hash(..)) {
             return true;
         }
     }
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        if *join.partition_mode() == PartitionMode::CollectLeft
+            && emits_unmatched_build_rows(*join.join_type())
+        {
+            return true;
+        }
+    }
+    if let Some(join) = plan.downcast_ref::<NestedLoopJoinExec>() {
+        if emits_unmatched_build_rows(*join.join_type()) {
+            return true;
+        }
+    }
     plan.children().into_iter().any(contains_unsplittable)
+}
+
+fn emits_unmatched_build_rows(join_type: JoinType) -> bool {
+    matches!(
+        join_type,
+        JoinType::Left
+            | JoinType::LeftAnti
+            | JoinType::LeftSemi
+            | JoinType::LeftMark
+            | JoinType::Full
+    )
 }
 
 /// Readers of a fragment pointed at the tasks of their upstream stages.
