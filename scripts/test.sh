@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Weft's whole test suite on a fresh machine.
 #
-# Installs what the tests need when missing (protoc, etcd), starts etcd on a
+# Installs what the tests need when missing (protoc, etcd, and ADBC's Flight SQL
+# driver for Python), starts etcd on a
 # private port with a temporary data directory, runs `cargo test --workspace`
 # and stops etcd afterwards. Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -18,6 +19,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# ADBC's Flight SQL driver, for the client-compatibility test.
+if ! python3 -c 'import adbc_driver_flightsql, pyarrow' >/dev/null 2>&1; then
+  echo "== installing adbc-driver-flightsql and pyarrow (pip)"
+  python3 -m pip install -q --disable-pip-version-check adbc-driver-flightsql pyarrow
 fi
 
 free_port() {

@@ -31,6 +31,9 @@ pub struct EngineSettings {
     pub max_tasks_per_stage: Option<usize>,
     /// IPC compression between nodes: "", "lz4" or "zstd".
     pub compression: String,
+    /// A running query whose results nobody starts reading within this time
+    /// is cancelled, so an abandoned GetFlightInfo does not hold workers.
+    pub result_timeout: std::time::Duration,
 }
 
 impl Default for EngineSettings {
@@ -39,6 +42,7 @@ impl Default for EngineSettings {
             target_partitions: None,
             max_tasks_per_stage: None,
             compression: String::new(),
+            result_timeout: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -118,6 +122,24 @@ impl Engine {
         let df = ctx.sql(sql).await?;
         let plan = df.create_physical_plan().await?;
         Ok((ctx, plan))
+    }
+
+    /// The schema `sql` will return, without running anything: DDL such as
+    /// `CREATE VIEW` is not executed (prepared statements run it later).
+    pub async fn result_schema(&self, sql: &str) -> Result<arrow::datatypes::SchemaRef, DataFusionError> {
+        let slots = total_slots(&self.members.borrow()).max(1);
+        let state = self.session_for(slots).state();
+        let logical = state.create_logical_plan(sql).await?;
+        if matches!(
+            logical,
+            datafusion::logical_expr::LogicalPlan::Ddl(_)
+                | datafusion::logical_expr::LogicalPlan::Dml(_)
+                | datafusion::logical_expr::LogicalPlan::Statement(_)
+        ) {
+            return Ok(Arc::new(logical.schema().as_arrow().clone()));
+        }
+        let physical = state.create_physical_plan(&logical).await?;
+        Ok(physical.schema())
     }
 
     /// Plans and starts a query; its results are read with [`Engine::stream`].
@@ -262,6 +284,7 @@ impl Engine {
             .await
             .map_err(describe.clone())?
             .into_inner();
+        query.stream_opened();
         let guard = StreamGuard {
             engine: Arc::clone(self),
             query: Arc::clone(&query),
@@ -308,6 +331,16 @@ impl Engine {
             tracing::info!(query_id, "query cancelled");
         }
         Ok(moved)
+    }
+
+    /// Cancels running queries whose results nobody started reading in time.
+    pub async fn reap_abandoned(&self) {
+        for q in self.queries.active() {
+            if q.is_abandoned(self.settings.result_timeout) {
+                tracing::warn!(query_id = %q.id, "no client read the results within {:?}; cancelling", self.settings.result_timeout);
+                let _ = self.cancel(&q.id).await;
+            }
+        }
     }
 
     /// Fails running queries that used a worker which left the membership.

@@ -127,11 +127,21 @@ impl Coordinator {
     }
 }
 
+/// Follows membership changes and periodically reaps abandoned queries.
 async fn watch_membership(engine: Arc<Engine>, mut members: watch::Receiver<Members>) {
-    while members.changed().await.is_ok() {
-        let current = members.borrow_and_update().clone();
-        tracing::info!(workers = current.len(), "membership changed");
-        engine.on_membership_change(&current).await;
+    let mut reap = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            changed = members.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let current = members.borrow_and_update().clone();
+                tracing::info!(workers = current.len(), "membership changed");
+                engine.on_membership_change(&current).await;
+            }
+            _ = reap.tick() => engine.reap_abandoned().await,
+        }
     }
 }
 

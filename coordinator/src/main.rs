@@ -36,6 +36,9 @@ struct Args {
     /// sharing one etcd use different prefixes).
     #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = weft_common::registry::WORKERS_PREFIX)]
     etcd_prefix: String,
+    /// Seconds after which a query whose results nobody started reading is cancelled.
+    #[arg(long, env = "WEFT_RESULT_TIMEOUT", default_value_t = 300)]
+    result_timeout: u64,
     /// Seconds to keep retrying etcd at startup.
     #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
     etcd_connect_timeout: u64,
@@ -58,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = CoordinatorConfig::new(args.listen, catalogs);
     config.engine.target_partitions = args.target_partitions;
     config.engine.max_tasks_per_stage = args.max_tasks_per_stage;
+    config.engine.result_timeout = Duration::from_secs(args.result_timeout);
     config.engine.compression = match args.exchange_compression.as_str() {
         "none" => String::new(),
         other => other.to_string(),

@@ -89,6 +89,7 @@ pub struct Query {
     /// Set once running.
     run: Mutex<Option<Arc<RunInfo>>>,
     endpoints_done: AtomicUsize,
+    streams_opened: AtomicUsize,
 }
 
 /// Where a running query's tasks are.
@@ -130,6 +131,19 @@ impl Query {
 
     pub fn run_info(&self) -> Option<Arc<RunInfo>> {
         self.run.lock().clone()
+    }
+
+    /// Records that a client started reading an endpoint.
+    pub fn stream_opened(&self) {
+        self.streams_opened.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// True for a running query nobody has started reading for `timeout`
+    /// (a client that went away between GetFlightInfo and DoGet).
+    pub fn is_abandoned(&self, timeout: Duration) -> bool {
+        self.state() == QueryState::Running
+            && self.streams_opened.load(Ordering::SeqCst) == 0
+            && self.created.elapsed() > timeout
     }
 
     /// Records a fully read endpoint; true when it was the last one.
@@ -216,6 +230,7 @@ impl QueryManager {
             state: Mutex::new(QueryState::Queued),
             run: Mutex::new(None),
             endpoints_done: AtomicUsize::new(0),
+            streams_opened: AtomicUsize::new(0),
         });
         let mut queries = self.queries.lock();
         queries.retain(|_, q| !(q.state().is_terminal() && q.created.elapsed() > KEEP_ENDED));

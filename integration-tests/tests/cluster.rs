@@ -338,3 +338,43 @@ fn strings(batches: &[arrow::record_batch::RecordBatch], col: usize) -> Vec<Stri
         })
         .collect()
 }
+
+/// 1. PollFlightInfo with a statement starts the query and returns endpoints,
+///    progress and a descriptor to poll again.
+/// 2. After the results are read, polling reports progress 1.0 and no further
+///    descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poll_flight_info_reports_progress() {
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
+    use arrow_flight::FlightDescriptor;
+
+    let cluster = TestCluster::start(2, options()).await.expect("cluster");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.coordinator.addr()))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut flight = FlightServiceClient::new(channel);
+    let cmd = CommandStatementQuery {
+        query: "SELECT l_linestatus, count(*) FROM lineitem GROUP BY l_linestatus".to_string(),
+        transaction_id: None,
+    };
+    let poll = flight
+        .poll_flight_info(FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec()))
+        .await
+        .expect("poll")
+        .into_inner();
+    let info = poll.info.expect("flight info");
+    let progress = poll.progress.expect("progress");
+    assert!((0.0..=1.0).contains(&progress), "{progress}");
+    let next = poll.flight_descriptor.expect("descriptor to poll again");
+
+    let mut client = cluster.client().await.expect("client");
+    let batches = read_all(&mut client, &info).await.expect("results");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+
+    let done = flight.poll_flight_info(next).await.expect("poll again").into_inner();
+    assert_eq!(done.progress, Some(1.0));
+    assert!(done.flight_descriptor.is_none(), "a finished query has nothing more to poll");
+}
