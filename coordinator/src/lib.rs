@@ -109,7 +109,7 @@ impl Coordinator {
                 .tcp_nodelay(true)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     async {
                         let _ = stop_rx.await;
                     },

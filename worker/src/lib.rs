@@ -150,7 +150,9 @@ impl Worker {
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Accepted sockets need TCP_NODELAY set here: the builder's setting only
+        // applies when tonic binds the listener itself.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
