@@ -181,7 +181,10 @@ async fn sql(
         .connect()
         .await
         .with_context(|| format!("cannot connect to the coordinator at {coordinator}"))?;
-    let mut client = FlightSqlServiceClient::new(channel);
+    let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        .max_decoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE);
+    let mut client = FlightSqlServiceClient::new_from_inner(inner);
     for statement in statements(&text)? {
         let batches = run(&mut client, &statement).await?;
         print_batches(&batches, format)?;

@@ -125,15 +125,27 @@ async fn listing_table(
     format: FileFormat,
     location: &str,
 ) -> Result<Arc<ListingTable>, String> {
+    // Formats take the session's table options: the defaults would, for one,
+    // read Parquet strings as Utf8View, which `weft_session_config` turns off.
+    let state = ctx.state();
+    let table_options = state.table_options();
     let file_format: Arc<dyn DfFileFormat> = match format {
-        FileFormat::Parquet => Arc::new(ParquetFormat::default()),
-        FileFormat::Csv => Arc::new(CsvFormat::default().with_has_header(true)),
-        FileFormat::Json => Arc::new(JsonFormat::default()),
+        FileFormat::Parquet => {
+            Arc::new(ParquetFormat::default().with_options(table_options.parquet.clone()))
+        }
+        FileFormat::Csv => Arc::new(
+            CsvFormat::default()
+                .with_options(table_options.csv.clone())
+                .with_has_header(true),
+        ),
+        FileFormat::Json => {
+            Arc::new(JsonFormat::default().with_options(table_options.json.clone()))
+        }
     };
     let url = ListingTableUrl::parse(location).map_err(|e| e.to_string())?;
     let options = ListingOptions::new(file_format).with_file_extension(format.extension());
     let schema = options
-        .infer_schema(&ctx.state(), &url)
+        .infer_schema(&state, &url)
         .await
         .map_err(|e| e.to_string())?;
     let config = ListingTableConfig::new(url)

@@ -28,6 +28,12 @@ pub mod actions {
 /// Largest gRPC message Weft accepts (plans and large batches).
 pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 
+/// HTTP/2 connection-level receive window (the protocol maximum).
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+/// HTTP/2 per-stream receive window: what a producer may send ahead of a
+/// consumer that is not reading.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// Lazily connected, cached channels to workers by address.
 #[derive(Debug, Default)]
 pub struct ClientPool {
@@ -51,6 +57,15 @@ impl ClientPool {
                             DataFusionError::Plan(format!("invalid worker address {address}: {e}"))
                         })?
                         .connect_timeout(Duration::from_secs(3))
+                        // Many DoGet streams share one HTTP/2 connection, and a reader
+                        // may leave a stream unread for a while (a join reads its build
+                        // side before its probe side). With a small connection window,
+                        // unread streams would use it up and stall the streams being
+                        // read: a distributed deadlock. So the connection window is
+                        // effectively unlimited and backpressure comes from the
+                        // per-stream window alone.
+                        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+                        .initial_stream_window_size(Some(STREAM_WINDOW))
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(10))
                         .keep_alive_timeout(Duration::from_secs(5))

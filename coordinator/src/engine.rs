@@ -126,7 +126,10 @@ impl Engine {
 
     /// The schema `sql` will return, without running anything: DDL such as
     /// `CREATE VIEW` is not executed (prepared statements run it later).
-    pub async fn result_schema(&self, sql: &str) -> Result<arrow::datatypes::SchemaRef, DataFusionError> {
+    pub async fn result_schema(
+        &self,
+        sql: &str,
+    ) -> Result<arrow::datatypes::SchemaRef, DataFusionError> {
         let slots = total_slots(&self.members.borrow()).max(1);
         let state = self.session_for(slots).state();
         let logical = state.create_logical_plan(sql).await?;

@@ -188,7 +188,10 @@ impl TestCluster {
 /// A Flight SQL client for `http://host:port`.
 pub async fn connect(url: &str) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
     let channel = Endpoint::from_shared(url.to_string())?.connect().await?;
-    Ok(FlightSqlServiceClient::new(channel))
+    let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        .max_decoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE);
+    Ok(FlightSqlServiceClient::new_from_inner(inner))
 }
 
 /// Executes `sql` and reads all endpoints in order.

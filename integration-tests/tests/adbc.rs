@@ -7,7 +7,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use weft_integration_tests::{canonical_rows, files_catalog, split_statements, tpch_dir, tpch_query, ClusterOptions, TestCluster};
+use weft_integration_tests::{
+    canonical_rows, files_catalog, split_statements, tpch_dir, tpch_query, ClusterOptions,
+    TestCluster,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tpch_through_adbc_flight_sql_driver() {
@@ -21,7 +24,10 @@ async fn tpch_through_adbc_flight_sql_driver() {
     for q in 1..=22 {
         let mut rows = 0;
         for s in split_statements(&tpch_query(q)) {
-            let batches = cluster.query(&s).await.expect("query through the Rust client");
+            let batches = cluster
+                .query(&s)
+                .await
+                .expect("query through the Rust client");
             if !batches.is_empty() && batches[0].num_columns() > 0 {
                 rows = canonical_rows(&batches).len();
             }
@@ -34,7 +40,13 @@ async fn tpch_through_adbc_flight_sql_driver() {
     let url = cluster.coordinator.url();
     let output = tokio::time::timeout(
         Duration::from_secs(300),
-        tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(url).arg(queries).output()),
+        tokio::task::spawn_blocking(move || {
+            Command::new("python3")
+                .arg(script)
+                .arg(url)
+                .arg(queries)
+                .output()
+        }),
     )
     .await
     .expect("ADBC run timed out")

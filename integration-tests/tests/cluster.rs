@@ -350,11 +350,12 @@ async fn poll_flight_info_reports_progress() {
     use arrow_flight::FlightDescriptor;
 
     let cluster = TestCluster::start(2, options()).await.expect("cluster");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.coordinator.addr()))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.coordinator.addr()))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
     let mut flight = FlightServiceClient::new(channel);
     let cmd = CommandStatementQuery {
         query: "SELECT l_linestatus, count(*) FROM lineitem GROUP BY l_linestatus".to_string(),
@@ -374,7 +375,14 @@ async fn poll_flight_info_reports_progress() {
     let batches = read_all(&mut client, &info).await.expect("results");
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
 
-    let done = flight.poll_flight_info(next).await.expect("poll again").into_inner();
+    let done = flight
+        .poll_flight_info(next)
+        .await
+        .expect("poll again")
+        .into_inner();
     assert_eq!(done.progress, Some(1.0));
-    assert!(done.flight_descriptor.is_none(), "a finished query has nothing more to poll");
+    assert!(
+        done.flight_descriptor.is_none(),
+        "a finished query has nothing more to poll"
+    );
 }

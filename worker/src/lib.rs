@@ -152,7 +152,8 @@ impl Worker {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         // Accepted sockets need TCP_NODELAY set here: the builder's setting only
         // applies when tonic binds the listener itself.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)

@@ -477,6 +477,13 @@ async fn pump(
                 if batch.num_rows() == 0 {
                     continue;
                 }
+                let batch = match compact_views(batch) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                };
                 if let Some(t) = task.upgrade() {
                     t.rows_out
                         .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -530,4 +537,37 @@ impl TaskManager {
         ids.dedup();
         ids
     }
+}
+
+/// View arrays (Utf8View / BinaryView) may reference large shared buffers that
+/// IPC would send whole with every batch (a 20-row batch of 20 MB has been
+/// seen); copy just the referenced bytes before a batch leaves the worker.
+fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
+    use arrow::array::{Array, ArrayRef, BinaryViewArray, StringViewArray};
+    use arrow::datatypes::DataType;
+    if !batch
+        .columns()
+        .iter()
+        .any(|c| matches!(c.data_type(), DataType::Utf8View | DataType::BinaryView))
+    {
+        return Ok(batch);
+    }
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| -> ArrayRef {
+            match c.data_type() {
+                DataType::Utf8View => match c.as_any().downcast_ref::<StringViewArray>() {
+                    Some(a) => Arc::new(a.gc()),
+                    None => Arc::clone(c),
+                },
+                DataType::BinaryView => match c.as_any().downcast_ref::<BinaryViewArray>() {
+                    Some(a) => Arc::new(a.gc()),
+                    None => Arc::clone(c),
+                },
+                _ => Arc::clone(c),
+            }
+        })
+        .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
