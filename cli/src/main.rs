@@ -236,6 +236,10 @@ fn flight_message(e: arrow_flight::error::FlightError) -> String {
 }
 
 fn print_batches(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
+    // Statements without a result (CREATE VIEW, ...) print nothing.
+    if batches.iter().all(|b| b.num_columns() == 0) {
+        return Ok(());
+    }
     match format {
         Format::Table => println!("{}", arrow::util::pretty::pretty_format_batches(batches)?),
         Format::Csv => {

@@ -148,6 +148,7 @@ impl Engine {
     /// Plans and starts a query; its results are read with [`Engine::stream`].
     pub async fn start_query(&self, sql: &str) -> Result<Arc<Query>, Status> {
         let query = self.queries.create(sql);
+        tracing::debug!(query_id = %query.id, sql, "query received");
         query.transition(QueryState::Planning);
         match self.run(&query).await {
             Ok(()) => Ok(query),

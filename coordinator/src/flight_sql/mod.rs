@@ -289,12 +289,11 @@ impl FlightSqlService for WeftFlightSql {
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         // Planning now both validates the SQL and gives the exact result schema.
-        let (_, plan) = self
+        let schema = self
             .engine
-            .plan(&query.query)
+            .result_schema(&query.query)
             .await
             .map_err(datafusion_to_status)?;
-        let schema = plan.schema();
         let ipc_options = arrow::ipc::writer::IpcWriteOptions::default();
         let dataset_schema = arrow_flight::SchemaAsIpc::new(&schema, &ipc_options);
         let arrow_flight::IpcMessage(schema_bytes) = dataset_schema
