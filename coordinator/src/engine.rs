@@ -18,6 +18,7 @@ use weft_common::flight::{datafusion_to_status, is_transport_error, ClientPool};
 use weft_common::registry::Members;
 use weft_proto::{PartitionTicket, TaskId};
 
+use crate::planner::local_leaves::materialize_local_leaves;
 use crate::planner::stages::cut_stages;
 use crate::queries::{Query, QueryManager, QueryState, RunInfo};
 use crate::scheduler::{self, total_slots, ScheduleError};
@@ -168,6 +169,9 @@ impl Engine {
             return Err(ScheduleError::NoWorkers.into());
         }
         let (ctx, plan) = self.plan(&query.sql).await.map_err(datafusion_to_status)?;
+        let plan = materialize_local_leaves(plan, ctx.task_ctx(), &self.codec)
+            .await
+            .map_err(datafusion_to_status)?;
         let schema = plan.schema();
         let max_tasks = self
             .settings

@@ -253,6 +253,15 @@ async fn flight_sql_metadata_and_prepared_statements() {
     let batches = read_all(&mut client, &info).await.expect("read prepared");
     assert_eq!(total(&batches), 5);
     prepared.close().await.expect("close");
+
+    // System tables exist only on the coordinator; they still run through the cluster.
+    let batches = run_sql(
+        &mut client,
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'lineitem'",
+    )
+    .await
+    .expect("information_schema query");
+    assert_eq!(total(&batches), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,3 +1,4 @@
 //! From a DataFusion physical plan to a stage graph (see [`stages`]).
 
+pub mod local_leaves;
 pub mod stages;
