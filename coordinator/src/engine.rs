@@ -143,7 +143,7 @@ impl Engine {
             return Ok(Arc::new(logical.schema().as_arrow().clone()));
         }
         let physical = state.create_physical_plan(&logical).await?;
-        Ok(physical.schema())
+        Ok(plain_string_output(physical)?.schema())
     }
 
     /// Plans and starts a query; its results are read with [`Engine::stream`].
@@ -172,6 +172,7 @@ impl Engine {
         let plan = materialize_local_leaves(plan, ctx.task_ctx(), &self.codec)
             .await
             .map_err(datafusion_to_status)?;
+        let plan = plain_string_output(plan).map_err(datafusion_to_status)?;
         let schema = plan.schema();
         let max_tasks = self
             .settings
@@ -423,4 +424,38 @@ impl Drop for StreamGuard {
             }
         }
     }
+}
+
+/// Results leave Weft with `Utf8` / `Binary` instead of view types, which many
+/// Flight SQL clients (JDBC among them) do not read; view types stay inside.
+pub fn plain_string_output(
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, DataFusionError> {
+    use arrow::datatypes::DataType;
+    use datafusion::physical_expr::expressions::{CastExpr, Column};
+    use datafusion::physical_plan::projection::ProjectionExec;
+    let schema = plan.schema();
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView))
+    {
+        return Ok(plan);
+    }
+    let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let col: Arc<dyn datafusion::physical_expr::PhysicalExpr> =
+                Arc::new(Column::new(f.name(), i));
+            let expr: Arc<dyn datafusion::physical_expr::PhysicalExpr> = match f.data_type() {
+                DataType::Utf8View => Arc::new(CastExpr::new(col, DataType::Utf8, None)),
+                DataType::BinaryView => Arc::new(CastExpr::new(col, DataType::Binary, None)),
+                _ => col,
+            };
+            (expr, f.name().clone())
+        })
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
