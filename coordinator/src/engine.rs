@@ -190,7 +190,7 @@ impl Engine {
             endpoints: Vec::new(),
             workers: used_workers.clone(),
         });
-        *query_run_slot(query) = Some(provisional);
+        *query.run_slot() = Some(provisional);
         let locations = scheduler::launch_all(
             &query.id,
             &graph,
@@ -373,10 +373,6 @@ impl Engine {
             }
         }
     }
-}
-
-fn query_run_slot(query: &Query) -> parking_lot::MutexGuard<'_, Option<Arc<RunInfo>>> {
-    query.run_slot()
 }
 
 /// Ends the query when the result stream finishes or is dropped.

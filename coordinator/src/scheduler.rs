@@ -9,7 +9,6 @@
 //! exist yet.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use datafusion::common::Result;
 use datafusion::execution::config::SessionConfig;
@@ -191,6 +190,3 @@ pub fn workers_of(placement: &[Vec<WorkerInfo>]) -> Vec<(String, String)> {
     v.sort();
     v
 }
-
-/// Convenience for callers holding an `Arc<ClientPool>`.
-pub type Clients = Arc<ClientPool>;

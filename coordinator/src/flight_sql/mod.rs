@@ -213,18 +213,13 @@ impl FlightSqlService for WeftFlightSql {
 
     async fn do_handshake(
         &self,
-        request: Request<Streaming<HandshakeRequest>>,
+        _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
         // Authentication is not enforced yet; any Basic credentials (or none) get
         // a bearer token so ADBC / JDBC drivers proceed as with a secured server.
-        let basic = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("Basic "));
         let token = format!("weft-{}", uuid::Uuid::new_v4().simple());
         let response = HandshakeResponse {
             protocol_version: 0,
@@ -233,7 +228,6 @@ impl FlightSqlService for WeftFlightSql {
         let mut resp: Response<
             Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>,
         > = Response::new(Box::pin(futures::stream::iter([Ok(response)])));
-        let _ = basic;
         let value = format!("Bearer {token}")
             .parse()
             .map_err(|_| Status::internal("invalid token"))?;
