@@ -136,6 +136,7 @@ async fn local(
     for _ in 0..workers.max(1) {
         let mut config = WorkerConfig::new("127.0.0.1:0".parse()?);
         config.slots = (cpus / workers.max(1)).max(1) as u32;
+        config.catalogs = catalogs.clone();
         handles.push(Worker::start(config, Arc::clone(&registry) as Arc<dyn Registry>).await?);
     }
     let coordinator =

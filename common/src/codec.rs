@@ -26,14 +26,27 @@ use crate::exchange::{PartitionSubsetExec, ReaderMode, StageReaderExec};
 use crate::flight::ClientPool;
 
 /// Codec for Weft's plan nodes. Readers decoded by it fetch through `clients`.
+///
+/// Nodes it does not know itself (connector scans) go to an optional
+/// extension codec, wrapped as `WeftPlanNode::Extension`.
 #[derive(Debug, Clone)]
 pub struct WeftCodec {
     clients: Arc<ClientPool>,
+    extension: Option<Arc<dyn PhysicalExtensionCodec>>,
 }
 
 impl WeftCodec {
     pub fn new(clients: Arc<ClientPool>) -> Self {
-        Self { clients }
+        Self {
+            clients,
+            extension: None,
+        }
+    }
+
+    /// Encodes and decodes other nodes with `extension`.
+    pub fn with_extension(mut self, extension: Arc<dyn PhysicalExtensionCodec>) -> Self {
+        self.extension = Some(extension);
+        self
     }
 }
 
@@ -114,6 +127,12 @@ impl PhysicalExtensionCodec for WeftCodec {
                 };
                 Ok(Arc::new(reader.with_tasks(n.tasks)?))
             }
+            Some(Node::Extension(bytes)) => match &self.extension {
+                Some(ext) => ext.try_decode(&bytes, inputs, ctx, proto_converter),
+                None => internal_err!(
+                    "plan contains a connector node but this process has no connectors configured"
+                ),
+            },
             None => internal_err!("empty Weft plan node"),
         }
     }
@@ -161,6 +180,10 @@ impl PhysicalExtensionCodec for WeftCodec {
                 ordering,
                 partitions: props.partitioning.partition_count() as u32,
             })
+        } else if let Some(ext) = &self.extension {
+            let mut bytes = Vec::new();
+            ext.try_encode(node, &mut bytes, proto_converter)?;
+            Node::Extension(bytes)
         } else {
             return internal_err!("WeftCodec cannot encode {}", node.name());
         };

@@ -9,11 +9,30 @@
 //! format = "parquet"            # parquet | csv | json
 //! ```
 //!
+//! ```toml
+//! [catalogs.customersdb]
+//! kind = "postgres"
+//! url = "postgresql://app:${ENV:CUSTOMERS_PW}@10.0.0.5:5432/customers"
+//! pool_size = 4                 # connections per process (default 4)
+//! connect_timeout = "10s"       # default 10s
+//! tls = "prefer"                # disable | prefer (default) | require
+//! unsupported_types = "text"    # text (read as text, default) | skip (leave the column out)
+//! split_size = "64MB"           # table bytes per parallel split (default 64MB)
+//! string_range_pushdown = false # push <, >, BETWEEN on strings (collation!) to the source
+//!
+//! [catalogs.customersdb.tables."public.events"]
+//! split_column = "id"           # split by a numeric or date column ...
+//! lower_bound = "1"
+//! upper_bound = "1000000"
+//! splits = 8                    # ... or only `splits = N` for N ctid page ranges
+//! ```
+//!
 //! Values may reference the environment with `${ENV:NAME}`; a missing variable
 //! is an error naming the variable and the catalog.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -52,6 +71,117 @@ pub enum CatalogConfig {
     /// A directory (or object-store prefix) of files; each entry directly under
     /// it is one table in schema `public`.
     Files { path: String, format: FileFormat },
+    /// A PostgreSQL database; its schemas and tables appear as they are.
+    Postgres(DatabaseConfig),
+}
+
+/// A connection URL that may hold a password. `Debug` and `Display` hide it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://") else {
+            return url.clone();
+        };
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let Some(at) = rest[..authority_end].rfind('@') else {
+            return url.clone();
+        };
+        match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end + 3],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Transport security towards a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// What to do with a column whose type has no Arrow mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsupportedTypes {
+    /// Read it as text (the source casts it).
+    Text,
+    /// Leave the column out of the table, with a warning.
+    Skip,
+}
+
+/// How one table is read in parallel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSplitConfig {
+    /// Number of splits; with no `split_column`, ctid page ranges.
+    pub splits: Option<usize>,
+    /// Numeric or date column to split by, with its bounds (as Spark's
+    /// partitionColumn / lowerBound / upperBound / numPartitions).
+    pub split_column: Option<String>,
+    pub lower_bound: Option<String>,
+    pub upper_bound: Option<String>,
+}
+
+/// A database catalog (`postgres`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseConfig {
+    pub url: SecretUrl,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub tls: TlsMode,
+    pub unsupported_types: UnsupportedTypes,
+    /// Table bytes per split when splitting by the table's size.
+    pub split_size: u64,
+    /// Push range comparisons on strings (collation dependent) to the source.
+    pub string_range_pushdown: bool,
+    /// Per table (`"schema.table"`) split settings.
+    pub tables: BTreeMap<String, TableSplitConfig>,
+}
+
+impl DatabaseConfig {
+    pub fn new(url: SecretUrl) -> Self {
+        Self {
+            url,
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(10),
+            tls: TlsMode::Prefer,
+            unsupported_types: UnsupportedTypes::Text,
+            split_size: 64 * 1024 * 1024,
+            string_range_pushdown: false,
+            tables: BTreeMap::new(),
+        }
+    }
 }
 
 /// File formats of a `files` catalog.
@@ -153,8 +283,12 @@ fn parse_catalog(
             )),
         }
     };
-    let kind = get_str("kind")?
-        .ok_or_else(|| field_err("kind", "missing; set kind = \"files\"".to_string()))?;
+    let kind = get_str("kind")?.ok_or_else(|| {
+        field_err(
+            "kind",
+            "missing; set kind = \"files\" or \"postgres\"".to_string(),
+        )
+    })?;
     match kind.as_str() {
         "files" => {
             for key in table.keys() {
@@ -187,15 +321,221 @@ fn parse_catalog(
                 format,
             })
         }
-        "postgres" | "mysql" | "flightsql" => Err(field_err(
+        "postgres" => parse_database(table, &field_err, &get_str).map(CatalogConfig::Postgres),
+        "mysql" | "flightsql" => Err(field_err(
             "kind",
-            format!("kind \"{kind}\" is not supported by this version of Weft (supported: files)"),
+            format!("kind \"{kind}\" is not supported by this version of Weft (supported: files, postgres)"),
         )),
         other => Err(field_err(
             "kind",
-            format!("unknown kind \"{other}\" (expected files)"),
+            format!("unknown kind \"{other}\" (expected files or postgres)"),
         )),
     }
+}
+
+fn parse_database(
+    table: &toml::Table,
+    field_err: &dyn Fn(&'static str, String) -> ConfigError,
+    get_str: &dyn Fn(&'static str) -> Result<Option<String>, ConfigError>,
+) -> Result<DatabaseConfig, ConfigError> {
+    const FIELDS: [&str; 9] = [
+        "kind",
+        "url",
+        "pool_size",
+        "connect_timeout",
+        "tls",
+        "unsupported_types",
+        "split_size",
+        "string_range_pushdown",
+        "tables",
+    ];
+    for key in table.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            return Err(field_err(
+                "kind",
+                format!(
+                    "unknown field `{key}` (expected one of {})",
+                    FIELDS[1..].join(", ")
+                ),
+            ));
+        }
+    }
+    let url = get_str("url")?.ok_or_else(|| {
+        field_err(
+            "url",
+            "missing; set url = \"postgresql://user:${ENV:PASSWORD}@host:5432/db\"".to_string(),
+        )
+    })?;
+    let mut config = DatabaseConfig::new(SecretUrl::new(url));
+    match table.get("pool_size") {
+        None => {}
+        Some(toml::Value::Integer(n)) if *n >= 1 && *n <= 1024 => config.pool_size = *n as usize,
+        Some(other) => {
+            return Err(field_err(
+                "pool_size",
+                format!("expected an integer from 1 to 1024, found {other}"),
+            ))
+        }
+    }
+    if let Some(t) = get_str("connect_timeout")? {
+        config.connect_timeout = parse_duration(&t).map_err(|m| field_err("connect_timeout", m))?;
+    }
+    config.tls = match get_str("tls")?.as_deref() {
+        None | Some("prefer") => TlsMode::Prefer,
+        Some("disable") => TlsMode::Disable,
+        Some("require") => TlsMode::Require,
+        Some(other) => {
+            return Err(field_err(
+                "tls",
+                format!("unknown mode \"{other}\" (expected disable, prefer or require)"),
+            ))
+        }
+    };
+    config.unsupported_types = match get_str("unsupported_types")?.as_deref() {
+        None | Some("text") => UnsupportedTypes::Text,
+        Some("skip") => UnsupportedTypes::Skip,
+        Some(other) => {
+            return Err(field_err(
+                "unsupported_types",
+                format!("unknown value \"{other}\" (expected text or skip)"),
+            ))
+        }
+    };
+    if let Some(size) = get_str("split_size")? {
+        config.split_size = parse_size(&size).map_err(|m| field_err("split_size", m))? as u64;
+        if config.split_size == 0 {
+            return Err(field_err("split_size", "must be larger than 0".to_string()));
+        }
+    }
+    match table.get("string_range_pushdown") {
+        None => {}
+        Some(toml::Value::Boolean(b)) => config.string_range_pushdown = *b,
+        Some(other) => {
+            return Err(field_err(
+                "string_range_pushdown",
+                format!("expected true or false, found {other}"),
+            ))
+        }
+    }
+    match table.get("tables") {
+        None => {}
+        Some(toml::Value::Table(tables)) => {
+            for (name, value) in tables {
+                let split = parse_table_split(name, value).map_err(|m| field_err("tables", m))?;
+                config.tables.insert(name.clone(), split);
+            }
+        }
+        Some(other) => {
+            return Err(field_err(
+                "tables",
+                format!("expected a table of [tables.\"schema.table\"] sections, found {other}"),
+            ))
+        }
+    }
+    Ok(config)
+}
+
+fn parse_table_split(name: &str, value: &toml::Value) -> Result<TableSplitConfig, String> {
+    let toml::Value::Table(t) = value else {
+        return Err(format!("tables.\"{name}\": expected a section"));
+    };
+    if !name.contains('.') {
+        return Err(format!(
+            "tables.\"{name}\": name tables as \"schema.table\" (e.g. \"public.{name}\")"
+        ));
+    }
+    let mut split = TableSplitConfig::default();
+    for (key, v) in t {
+        let as_string = || -> Result<String, String> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                other => Err(format!(
+                    "tables.\"{name}\".{key}: expected a string or integer, found {other}"
+                )),
+            }
+        };
+        match key.as_str() {
+            "splits" => match v {
+                toml::Value::Integer(n) if *n >= 1 && *n <= 4096 => split.splits = Some(*n as usize),
+                other => {
+                    return Err(format!(
+                        "tables.\"{name}\".splits: expected an integer from 1 to 4096, found {other}"
+                    ))
+                }
+            },
+            "split_column" => split.split_column = Some(as_string()?),
+            "lower_bound" => split.lower_bound = Some(as_string()?),
+            "upper_bound" => split.upper_bound = Some(as_string()?),
+            other => {
+                return Err(format!(
+                    "tables.\"{name}\": unknown field `{other}` (expected splits, split_column, lower_bound, upper_bound)"
+                ))
+            }
+        }
+    }
+    if split.split_column.is_some()
+        && (split.lower_bound.is_none() || split.upper_bound.is_none() || split.splits.is_none())
+    {
+        return Err(format!(
+            "tables.\"{name}\": split_column needs lower_bound, upper_bound and splits"
+        ));
+    }
+    if split.split_column.is_none() && (split.lower_bound.is_some() || split.upper_bound.is_some())
+    {
+        return Err(format!(
+            "tables.\"{name}\": lower_bound/upper_bound need split_column"
+        ));
+    }
+    Ok(split)
+}
+
+/// Parses durations such as `10s`, `500ms`, `2m` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration \"{text}\": expected e.g. 10s, 500ms or 2m"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit \"{other}\" in \"{text}\" (use ms, s or m)"
+            ))
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses sizes such as `512M`, `4G`, `2GiB`, `1048576`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        format!("invalid size \"{text}\": expected a number with an optional unit, e.g. 4G")
+    })?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0f64.powi(4),
+        other => {
+            return Err(format!(
+                "invalid size unit \"{other}\" in \"{text}\" (use K, M, G or T)"
+            ))
+        }
+    };
+    Ok((value * mult) as usize)
 }
 
 /// Replaces every `${ENV:NAME}` with the value of the environment variable.
@@ -268,6 +608,73 @@ mod tests {
         assert!(e.contains("no [catalogs.y]"), "{e}");
         let e = parse("[catalogs.x\n").unwrap_err().to_string();
         assert!(e.contains("not valid"), "{e}");
+    }
+
+    #[test]
+    fn postgres_catalog() {
+        std::env::set_var("WEFT_TEST_PG_PW_X", "s3cret");
+        let c = parse(
+            r#"
+[catalogs.pg]
+kind = "postgres"
+url = "postgresql://app:${ENV:WEFT_TEST_PG_PW_X}@db:5432/shop"
+pool_size = 2
+connect_timeout = "3s"
+split_size = "1MB"
+[catalogs.pg.tables."public.orders"]
+split_column = "id"
+lower_bound = 1
+upper_bound = 1000
+splits = 4
+"#,
+        )
+        .unwrap();
+        let CatalogConfig::Postgres(db) = &c.catalogs["pg"] else {
+            panic!("not postgres: {c:?}")
+        };
+        assert_eq!(db.url.expose(), "postgresql://app:s3cret@db:5432/shop");
+        assert_eq!(db.pool_size, 2);
+        assert_eq!(db.connect_timeout, Duration::from_secs(3));
+        assert_eq!(db.split_size, 1024 * 1024);
+        let t = &db.tables["public.orders"];
+        assert_eq!(t.split_column.as_deref(), Some("id"));
+        assert_eq!(t.lower_bound.as_deref(), Some("1"));
+        assert_eq!(t.splits, Some(4));
+        // The password shows neither in Debug nor in Display.
+        let shown = format!("{c:?} {}", db.url);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("postgresql://app:***@db:5432/shop"),
+            "{shown}"
+        );
+
+        let e = parse("[catalogs.pg]\nkind = \"postgres\"\nurl = \"x\"\ntls = \"maybe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`tls`") && e.contains("maybe"), "{e}");
+        let e = parse(
+            "[catalogs.pg]\nkind = \"postgres\"\nurl = \"x\"\n[catalogs.pg.tables.\"public.t\"]\nsplit_column = \"id\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs lower_bound"), "{e}");
+        let e = parse("[catalogs.pg]\nkind = \"postgres\"\nurl = \"postgresql://a:${ENV:WEFT_SURELY_UNSET_PW}@h/d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WEFT_SURELY_UNSET_PW is not set"), "{e}");
+    }
+
+    #[test]
+    fn redacts_urls() {
+        assert_eq!(
+            SecretUrl::new("mysql://u:p@w@h:1/d").redacted(),
+            "mysql://u:***@h:1/d"
+        );
+        assert_eq!(
+            SecretUrl::new("postgresql://h/d").redacted(),
+            "postgresql://h/d"
+        );
+        assert_eq!(SecretUrl::new("grpc://u@h:1").redacted(), "grpc://u@h:1");
     }
 
     #[test]

@@ -83,12 +83,13 @@ impl Engine {
         ctx: SessionContext,
         members: watch::Receiver<Members>,
         settings: EngineSettings,
+        connectors: Arc<dyn datafusion_proto::physical_plan::PhysicalExtensionCodec>,
     ) -> Self {
         let clients = Arc::new(ClientPool::new());
         Self {
             ctx,
             members,
-            codec: WeftCodec::new(Arc::clone(&clients)),
+            codec: WeftCodec::new(Arc::clone(&clients)).with_extension(connectors),
             clients,
             queries: QueryManager::default(),
             settings,
@@ -169,6 +170,8 @@ impl Engine {
             return Err(ScheduleError::NoWorkers.into());
         }
         let (ctx, plan) = self.plan(&query.sql).await.map_err(datafusion_to_status)?;
+        // Exported snapshots must stay open until every split has started.
+        query.hold(weft_connectors::keep_alives(&plan));
         let plan = materialize_local_leaves(plan, ctx.task_ctx(), &self.codec)
             .await
             .map_err(datafusion_to_status)?;

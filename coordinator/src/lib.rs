@@ -39,6 +39,7 @@ use weft_common::config::CatalogsConfig;
 use weft_common::flight::MAX_MESSAGE_SIZE;
 use weft_common::registry::Members;
 use weft_common::session::{weft_session_config, DEFAULT_TARGET_PARTITIONS};
+use weft_connectors::Connectors;
 
 pub use engine::{Engine, EngineSettings};
 
@@ -92,7 +93,16 @@ impl Coordinator {
         for e in register_catalogs(&ctx, &config.catalogs).await {
             tracing::error!("{e}; the other catalogs stay available");
         }
-        let engine = Arc::new(Engine::new(ctx, members.clone(), config.engine.clone()));
+        let (connectors, errors) = Connectors::from_config(&config.catalogs);
+        for e in errors.into_iter().chain(connectors.register(&ctx).await) {
+            tracing::error!("{e}; the other catalogs stay available");
+        }
+        let engine = Arc::new(Engine::new(
+            ctx,
+            members.clone(),
+            config.engine.clone(),
+            connectors.codec(),
+        ));
 
         let listener = TcpListener::bind(config.listen)
             .await

@@ -90,6 +90,8 @@ pub struct Query {
     run: Mutex<Option<Arc<RunInfo>>>,
     endpoints_done: AtomicUsize,
     streams_opened: AtomicUsize,
+    /// Resources that live as long as the query runs (exported snapshots).
+    held: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 /// Where a running query's tasks are.
@@ -105,6 +107,11 @@ pub struct RunInfo {
 }
 
 impl Query {
+    /// Keeps `resources` alive until the query ends.
+    pub fn hold(&self, resources: Vec<Arc<dyn std::any::Any + Send + Sync>>) {
+        self.held.lock().extend(resources);
+    }
+
     pub fn state(&self) -> QueryState {
         self.state.lock().clone()
     }
@@ -116,6 +123,9 @@ impl Query {
             return false;
         }
         tracing::debug!(query_id = %self.id, from = s.name(), to = next.name(), "query state");
+        if next.is_terminal() {
+            self.held.lock().clear();
+        }
         *s = next;
         true
     }
@@ -231,6 +241,7 @@ impl QueryManager {
             run: Mutex::new(None),
             endpoints_done: AtomicUsize::new(0),
             streams_opened: AtomicUsize::new(0),
+            held: Mutex::new(Vec::new()),
         });
         let mut queries = self.queries.lock();
         queries.retain(|_, q| !(q.state().is_terminal() && q.created.elapsed() > KEEP_ENDED));

@@ -10,6 +10,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod pg;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -127,6 +129,7 @@ impl TestCluster {
         };
         let mut config = WorkerConfig::new("127.0.0.1:0".parse()?);
         config.slots = self.options.slots;
+        config.catalogs = self.options.catalogs.clone();
         let worker = Worker::start(config, registry).await?;
         self.workers.push(Some(worker));
         Ok(self.workers.len() - 1)

@@ -31,8 +31,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use weft_common::codec::WeftCodec;
+use weft_common::config::CatalogsConfig;
 use weft_common::flight::{ClientPool, MAX_MESSAGE_SIZE};
 use weft_common::registry::{Registration, Registry, WorkerInfo};
+use weft_connectors::Connectors;
 
 pub use service::WorkerService;
 pub use tasks::TaskManager;
@@ -50,6 +52,9 @@ pub struct WorkerConfig {
     /// Memory pool size in bytes; `None` means unbounded.
     pub memory_limit: Option<usize>,
     pub id: Option<String>,
+    /// Catalogs whose sources this worker reads (database catalogs need
+    /// their connection settings here; plans carry only catalog names).
+    pub catalogs: CatalogsConfig,
 }
 
 impl WorkerConfig {
@@ -62,34 +67,12 @@ impl WorkerConfig {
                 .unwrap_or(2),
             memory_limit: None,
             id: None,
+            catalogs: CatalogsConfig::default(),
         }
     }
 }
 
-/// Parses sizes such as `512M`, `4G`, `2GiB`, `1048576`.
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| {
-        format!("invalid size \"{text}\": expected a number with an optional unit, e.g. 4G")
-    })?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" | "kib" => 1024.0,
-        "m" | "mb" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tb" | "tib" => 1024.0f64.powi(4),
-        other => {
-            return Err(format!(
-                "invalid size unit \"{other}\" in \"{text}\" (use K, M, G or T)"
-            ))
-        }
-    };
-    Ok((value * mult) as usize)
-}
+pub use weft_common::config::parse_size;
 
 /// Starts workers.
 #[derive(Debug)]
@@ -140,7 +123,11 @@ impl Worker {
             slots: config.slots.max(1),
             version: weft_common::VERSION.to_string(),
         };
-        let codec = WeftCodec::new(Arc::new(ClientPool::new()));
+        let (connectors, errors) = Connectors::from_config(&config.catalogs);
+        for e in errors {
+            tracing::error!("{e}; the other catalogs stay available");
+        }
+        let codec = WeftCodec::new(Arc::new(ClientPool::new())).with_extension(connectors.codec());
         let tasks = Arc::new(TaskManager::new(
             id.clone(),
             runtime(config.memory_limit)?,

@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     // Validated at startup so a bad file fails here, not in the middle of a query.
-    CatalogsConfig::load(&args.catalogs)?;
+    let catalogs = CatalogsConfig::load(&args.catalogs)?;
     let mut settings = EtcdSettings::new(args.etcd.clone());
     settings.lease_ttl_secs = args.lease_ttl;
     settings.prefix = args.etcd_prefix.clone();
@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         config.slots = s;
     }
     config.memory_limit = args.memory_limit;
+    config.catalogs = catalogs;
     let worker = Worker::start(config, Arc::new(registry)).await?;
     println!(
         "weft-worker {} serving Flight at {}",

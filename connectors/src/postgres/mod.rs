@@ -1,0 +1,453 @@
+//! The PostgreSQL connector: connections, catalog, binary COPY scans, splits.
+//!
+//! Every process (coordinator and workers) builds its own [`PostgresSource`]
+//! per catalog from its own catalog file, so passwords come from each
+//! process's environment and never travel inside plans.
+
+pub mod catalog;
+pub mod copy;
+pub mod splits;
+pub mod types;
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::physical_plan::metrics::BaselineMetrics;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::{Client, CopyOutStream, NoTls};
+use weft_common::config::{DatabaseConfig, TlsMode};
+
+use self::copy::CopyDecoder;
+use self::types::WireType;
+
+/// Why talking to a PostgreSQL catalog failed. Names the catalog and the host,
+/// never the password.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("catalog \"{catalog}\": url {url} is not a valid PostgreSQL URL: {reason}")]
+    Url {
+        catalog: String,
+        url: String,
+        reason: String,
+    },
+    #[error("catalog \"{catalog}\": tls = \"require\" is not available in this build of Weft (it has no TLS library); use tls = \"prefer\" or \"disable\", or a TLS-terminating proxy")]
+    TlsUnsupported { catalog: String },
+    #[error("catalog \"{catalog}\": cannot connect to {host} as user \"{user}\": {reason}")]
+    Connect {
+        catalog: String,
+        host: String,
+        user: String,
+        reason: String,
+    },
+    #[error(
+        "catalog \"{catalog}\": connecting to {host} timed out after {secs:.1}s (connect_timeout)"
+    )]
+    ConnectTimeout {
+        catalog: String,
+        host: String,
+        secs: f64,
+    },
+    #[error("catalog \"{catalog}\" ({host}): {message}")]
+    Remote {
+        catalog: String,
+        host: String,
+        message: String,
+    },
+}
+
+impl From<PgError> for DataFusionError {
+    fn from(e: PgError) -> Self {
+        DataFusionError::External(Box::new(e))
+    }
+}
+
+/// The message of a driver error: the server's message with its detail and
+/// hint, or the transport error.
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut m = db.message().to_string();
+        if let Some(d) = db.detail() {
+            m.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = db.hint() {
+            m.push_str(&format!("; hint: {h}"));
+        }
+        return m;
+    }
+    let mut m = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !m.contains(&text) {
+            m.push_str(&format!(": {text}"));
+        }
+        source = s.source();
+    }
+    m
+}
+
+/// One PostgreSQL catalog as seen by one process: settings and idle connections.
+pub struct PostgresSource {
+    pub catalog: String,
+    pub config: DatabaseConfig,
+    pg: tokio_postgres::Config,
+    host: String,
+    user: String,
+    idle: Mutex<Vec<(Client, JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for PostgresSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSource")
+            .field("catalog", &self.catalog)
+            .field("host", &self.host)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresSource {
+    pub fn try_new(catalog: &str, config: DatabaseConfig) -> Result<Self, PgError> {
+        let mut pg: tokio_postgres::Config =
+            config
+                .url
+                .expose()
+                .parse()
+                .map_err(|e: tokio_postgres::Error| PgError::Url {
+                    catalog: catalog.to_string(),
+                    url: config.url.redacted(),
+                    reason: e.to_string(),
+                })?;
+        match config.tls {
+            TlsMode::Disable => {
+                pg.ssl_mode(SslMode::Disable);
+            }
+            // Without a TLS library `prefer` connects in plain text.
+            TlsMode::Prefer => {
+                pg.ssl_mode(SslMode::Prefer);
+            }
+            TlsMode::Require => {
+                return Err(PgError::TlsUnsupported {
+                    catalog: catalog.to_string(),
+                })
+            }
+        }
+        pg.connect_timeout(config.connect_timeout);
+        pg.application_name("weft");
+        let port = pg.get_ports().first().copied().unwrap_or(5432);
+        let host = match pg.get_hosts().first() {
+            Some(Host::Tcp(h)) => format!("{h}:{port}"),
+            #[cfg(unix)]
+            Some(Host::Unix(p)) => format!("{}:{port}", p.display()),
+            None => format!("localhost:{port}"),
+        };
+        let user = pg.get_user().unwrap_or("").to_string();
+        Ok(Self {
+            catalog: catalog.to_string(),
+            config,
+            pg,
+            host,
+            user,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// `host:port` of the server, for messages.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// An error from running SQL on this catalog.
+    pub fn remote_error(&self, e: &tokio_postgres::Error) -> PgError {
+        PgError::Remote {
+            catalog: self.catalog.clone(),
+            host: self.host.clone(),
+            message: pg_message(e),
+        }
+    }
+
+    /// A new connection, not from the pool.
+    async fn connect_raw(&self) -> Result<(Client, JoinHandle<()>), PgError> {
+        let timeout = self.config.connect_timeout;
+        let connecting = self.pg.connect(NoTls);
+        let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
+            Err(_) => {
+                return Err(PgError::ConnectTimeout {
+                    catalog: self.catalog.clone(),
+                    host: self.host.clone(),
+                    secs: timeout.as_secs_f64(),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(PgError::Connect {
+                    catalog: self.catalog.clone(),
+                    host: self.host.clone(),
+                    user: self.user.clone(),
+                    reason: pg_message(&e),
+                })
+            }
+            Ok(Ok(pair)) => pair,
+        };
+        let catalog = self.catalog.clone();
+        // The connection future drives the socket; it ends with the client or
+        // is aborted when the client is discarded mid-query.
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(catalog, "postgres connection ended: {e}");
+            }
+        });
+        Ok((client, driver))
+    }
+
+    /// A pooled connection (an idle one, or a new one).
+    pub async fn client(self: &Arc<Self>) -> Result<PooledClient, PgError> {
+        loop {
+            let candidate = self.idle.lock().pop();
+            match candidate {
+                Some((client, driver)) if !client.is_closed() => {
+                    return Ok(PooledClient {
+                        client: Some(client),
+                        driver: Some(driver),
+                        source: Arc::clone(self),
+                        reusable: false,
+                    })
+                }
+                Some((_, driver)) => driver.abort(),
+                None => break,
+            }
+        }
+        let (client, driver) = self.connect_raw().await?;
+        Ok(PooledClient {
+            client: Some(client),
+            driver: Some(driver),
+            source: Arc::clone(self),
+            reusable: false,
+        })
+    }
+
+    /// Opens a transaction on a dedicated connection and exports its snapshot,
+    /// so that several split reads see the same data. The snapshot stays
+    /// importable while the returned value lives.
+    pub async fn export_snapshot(&self) -> Result<ExportedSnapshot, PgError> {
+        let (client, driver) = self.connect_raw().await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| self.remote_error(&e))?;
+        let row = client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| self.remote_error(&e))?;
+        let id: String = row.try_get(0).map_err(|e| self.remote_error(&e))?;
+        Ok(ExportedSnapshot {
+            id,
+            _client: client,
+            driver,
+        })
+    }
+
+    /// Streams the rows of `query` (a SELECT) through binary COPY, decoded into
+    /// batches of about `batch_size` rows of `schema`.
+    pub fn scan(
+        self: &Arc<Self>,
+        query: String,
+        snapshot: Option<String>,
+        schema: SchemaRef,
+        wire: Vec<WireType>,
+        batch_size: usize,
+        metrics: BaselineMetrics,
+    ) -> Result<SendableRecordBatchStream> {
+        let decoder = CopyDecoder::try_new(Arc::clone(&schema), &wire)
+            .map_err(|e| DataFusionError::Internal(format!("catalog \"{}\": {e}", self.catalog)))?;
+        let state = ScanState {
+            source: Arc::clone(self),
+            query,
+            snapshot,
+            client: None,
+            copy: None,
+            decoder,
+            batch_size: batch_size.max(1),
+            done: false,
+            metrics,
+        };
+        let stream = futures::stream::unfold(state, |mut state| async move {
+            if state.done {
+                return None;
+            }
+            match state.next_batch().await {
+                Ok(Some(batch)) => Some((Ok(batch), state)),
+                Ok(None) => None,
+                Err(e) => {
+                    state.done = true;
+                    Some((Err(e), state))
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.boxed(),
+        )))
+    }
+}
+
+/// A snapshot exported by an open transaction.
+#[derive(Debug)]
+pub struct ExportedSnapshot {
+    pub id: String,
+    _client: Client,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for ExportedSnapshot {
+    fn drop(&mut self) {
+        // Closing the socket ends the exporting transaction.
+        self.driver.abort();
+    }
+}
+
+/// A connection borrowed from a [`PostgresSource`]. Returned to the idle list
+/// when dropped after [`PooledClient::release`], discarded (socket closed,
+/// so the server stops any running statement) otherwise.
+pub struct PooledClient {
+    client: Option<Client>,
+    driver: Option<JoinHandle<()>>,
+    source: Arc<PostgresSource>,
+    reusable: bool,
+}
+
+impl std::fmt::Debug for PooledClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledClient")
+            .field("catalog", &self.source.catalog)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PooledClient {
+    /// Marks the connection idle and healthy: it goes back to the pool.
+    pub fn release(mut self) {
+        self.reusable = true;
+    }
+}
+
+impl std::ops::Deref for PooledClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("client present until drop")
+    }
+}
+
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        let (Some(client), Some(driver)) = (self.client.take(), self.driver.take()) else {
+            return;
+        };
+        if self.reusable && !client.is_closed() {
+            let mut idle = self.source.idle.lock();
+            if idle.len() < self.source.config.pool_size {
+                idle.push((client, driver));
+                return;
+            }
+        }
+        drop(client);
+        driver.abort();
+    }
+}
+
+struct ScanState {
+    source: Arc<PostgresSource>,
+    query: String,
+    snapshot: Option<String>,
+    client: Option<PooledClient>,
+    copy: Option<std::pin::Pin<Box<CopyOutStream>>>,
+    decoder: CopyDecoder,
+    batch_size: usize,
+    done: bool,
+    metrics: BaselineMetrics,
+}
+
+impl ScanState {
+    async fn start(&mut self) -> Result<(), PgError> {
+        let client = self.source.client().await?;
+        if let Some(snapshot) = &self.snapshot {
+            // Snapshot ids are generated by the server ("00000003-0000001B-1").
+            if !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(PgError::Remote {
+                    catalog: self.source.catalog.clone(),
+                    host: self.source.host.clone(),
+                    message: format!("invalid snapshot id {snapshot:?}"),
+                });
+            }
+            client
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
+                ))
+                .await
+                .map_err(|e| self.source.remote_error(&e))?;
+        }
+        let copy = client
+            .copy_out(&format!("COPY ({}) TO STDOUT (FORMAT binary)", self.query))
+            .await
+            .map_err(|e| self.source.remote_error(&e))?;
+        self.copy = Some(Box::pin(copy));
+        self.client = Some(client);
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.copy.is_none() {
+            self.start().await?;
+        }
+        let decode_err = |source: &PostgresSource, e: String| {
+            DataFusionError::External(Box::new(PgError::Remote {
+                catalog: source.catalog.clone(),
+                host: source.host.clone(),
+                message: format!("cannot decode COPY data: {e}"),
+            }))
+        };
+        while let Some(copy) = self.copy.as_mut() {
+            if self.decoder.rows() >= self.batch_size {
+                break;
+            }
+            match copy.next().await {
+                Some(Ok(chunk)) => self
+                    .decoder
+                    .feed(&chunk)
+                    .map_err(|e| decode_err(&self.source, e))?,
+                Some(Err(e)) => return Err(self.source.remote_error(&e).into()),
+                None => {
+                    self.decoder
+                        .check_complete()
+                        .map_err(|e| decode_err(&self.source, e))?;
+                    self.copy = None;
+                    self.done = true;
+                    if let Some(client) = self.client.take() {
+                        if self.snapshot.is_some() {
+                            client
+                                .batch_execute("COMMIT")
+                                .await
+                                .map_err(|e| self.source.remote_error(&e))?;
+                        }
+                        client.release();
+                    }
+                }
+            }
+        }
+        if self.decoder.rows() == 0 {
+            return Ok(None);
+        }
+        let batch = self
+            .decoder
+            .flush()
+            .map_err(|e| decode_err(&self.source, e))?;
+        self.metrics.record_output(batch.num_rows());
+        Ok(Some(batch))
+    }
+}

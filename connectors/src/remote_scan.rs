@@ -1,0 +1,242 @@
+//! [`RemoteScanExec`]: reads the result of SQL queries run by a source database.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{internal_err, plan_err, Result, Statistics};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+
+use crate::RemoteSource;
+
+/// A scan whose rows a source database computes: one SQL query per split.
+///
+/// Each output partition is one split; the stage planner gives splits to
+/// different tasks, so they are read in parallel on several workers. Rows
+/// come from the database, nothing else crosses the network.
+///
+/// ```text
+///   source database:  query 0   query 1   ...   query N-1   (one connection each)
+///                        │         │                │
+///   RemoteScanExec:  partition 0  partition 1  ... partition N-1
+/// ```
+///
+/// The queries and the snapshot id travel in the plan; the connection settings
+/// (and passwords) do not: each process resolves `catalog` in its own catalog
+/// file.
+pub struct RemoteScanExec {
+    source: Arc<dyn RemoteSource>,
+    relation: String,
+    schema: SchemaRef,
+    wire_types: Vec<String>,
+    queries: Vec<String>,
+    snapshot: Option<String>,
+    split_method: String,
+    /// Keeps coordinator-side resources (an exported snapshot) alive while the
+    /// plan is; not encoded.
+    keep_alive: Option<Arc<dyn Any + Send + Sync>>,
+    row_estimate: Option<usize>,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl fmt::Debug for RemoteScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteScanExec")
+            .field("catalog", &self.source.catalog())
+            .field("relation", &self.relation)
+            .field("queries", &self.queries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything that describes a remote scan.
+#[derive(Debug, Clone)]
+pub struct RemoteScanSpec {
+    /// What is read, for EXPLAIN: `schema.table` or `query`.
+    pub relation: String,
+    pub schema: SchemaRef,
+    /// Per column, how the source sends it (source specific).
+    pub wire_types: Vec<String>,
+    /// One query per split.
+    pub queries: Vec<String>,
+    pub snapshot: Option<String>,
+    /// How the splits were made, for EXPLAIN.
+    pub split_method: String,
+}
+
+impl RemoteScanExec {
+    pub fn try_new(source: Arc<dyn RemoteSource>, spec: RemoteScanSpec) -> Result<Self> {
+        if spec.queries.is_empty() {
+            return plan_err!("a remote scan needs at least one query");
+        }
+        if spec.wire_types.len() != spec.schema.fields().len() {
+            return plan_err!(
+                "remote scan has {} wire types for {} columns",
+                spec.wire_types.len(),
+                spec.schema.fields().len()
+            );
+        }
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&spec.schema)),
+            Partitioning::UnknownPartitioning(spec.queries.len()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            source,
+            relation: spec.relation,
+            schema: spec.schema,
+            wire_types: spec.wire_types,
+            queries: spec.queries,
+            snapshot: spec.snapshot,
+            split_method: spec.split_method,
+            keep_alive: None,
+            row_estimate: None,
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// Holds `resource` as long as this plan node lives.
+    pub fn with_keep_alive(mut self, resource: Arc<dyn Any + Send + Sync>) -> Self {
+        self.keep_alive = Some(resource);
+        self
+    }
+
+    /// Estimated rows of the whole scan, for join planning.
+    pub fn with_row_estimate(mut self, rows: Option<usize>) -> Self {
+        self.row_estimate = rows;
+        self
+    }
+
+    pub fn source(&self) -> &Arc<dyn RemoteSource> {
+        &self.source
+    }
+
+    pub fn keep_alive(&self) -> Option<&Arc<dyn Any + Send + Sync>> {
+        self.keep_alive.as_ref()
+    }
+
+    pub fn spec(&self) -> RemoteScanSpec {
+        RemoteScanSpec {
+            relation: self.relation.clone(),
+            schema: Arc::clone(&self.schema),
+            wire_types: self.wire_types.clone(),
+            queries: self.queries.clone(),
+            snapshot: self.snapshot.clone(),
+            split_method: self.split_method.clone(),
+        }
+    }
+
+    pub fn queries(&self) -> &[String] {
+        &self.queries
+    }
+}
+
+impl DisplayAs for RemoteScanExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RemoteScanExec: catalog={}, kind={}, relation={}, splits={}",
+            self.source.catalog(),
+            self.source.kind(),
+            self.relation,
+            self.queries.len()
+        )?;
+        if self.queries.len() > 1 {
+            write!(f, " ({}", self.split_method)?;
+            if self.snapshot.is_some() {
+                write!(f, ", one snapshot")?;
+            }
+            write!(f, ")")?;
+        }
+        match t {
+            DisplayFormatType::Verbose => {
+                for (i, q) in self.queries.iter().enumerate() {
+                    write!(f, ", sql[{i}]={q}")?;
+                }
+                Ok(())
+            }
+            _ => write!(f, ", sql={}", self.queries[0]),
+        }
+    }
+}
+
+impl ExecutionPlan for RemoteScanExec {
+    fn name(&self) -> &str {
+        "RemoteScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return internal_err!("RemoteScanExec has no children");
+        }
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let Some(query) = self.queries.get(partition) else {
+            return internal_err!(
+                "RemoteScanExec has {} partitions, asked for {partition}",
+                self.queries.len()
+            );
+        };
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        Arc::clone(&self.source).execute_query(
+            query.clone(),
+            self.snapshot.clone(),
+            Arc::clone(&self.schema),
+            &self.wire_types,
+            context.session_config().batch_size(),
+            metrics,
+        )
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
+        let mut stats = Statistics::new_unknown(&self.schema);
+        if let Some(rows) = self.row_estimate {
+            let rows = match partition {
+                Some(_) => rows / self.queries.len(),
+                None => rows,
+            };
+            stats.num_rows = datafusion::common::stats::Precision::Inexact(rows);
+        }
+        Ok(Arc::new(stats))
+    }
+}

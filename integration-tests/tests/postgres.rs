@@ -1,0 +1,386 @@
+//! PostgreSQL catalogs against a real PostgreSQL server (started by
+//! `scripts/test.sh`, found through `WEFT_TEST_PG`), through a 2-worker cluster.
+
+use std::time::Duration;
+
+use weft_common::config::TableSplitConfig;
+use weft_integration_tests::pg::{
+    batch_rows, catalogs, connect, create_database, load_tpch, pg_rows, postgres_catalog,
+    same_rows, with_database,
+};
+use weft_integration_tests::{split_statements, tpch_dir, tpch_query, ClusterOptions, TestCluster};
+
+async fn cluster(options: ClusterOptions) -> TestCluster {
+    tokio::time::timeout(Duration::from_secs(60), TestCluster::start(2, options))
+        .await
+        .expect("cluster start timed out")
+        .expect("cluster starts")
+}
+
+async fn weft_rows(cluster: &TestCluster, text: &str) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut rows = Vec::new();
+    for s in split_statements(text) {
+        let batches = cluster.query(&s).await?;
+        if !batches.is_empty() && batches[0].num_columns() > 0 {
+            rows = batch_rows(&batches);
+        }
+    }
+    Ok(rows)
+}
+
+async fn explain(cluster: &TestCluster, sql: &str) -> String {
+    let batches = cluster
+        .query(&format!("EXPLAIN {sql}"))
+        .await
+        .expect("explain runs");
+    batch_rows(&batches)
+        .into_iter()
+        .map(|r| r.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// TPC-H loaded into PostgreSQL (spec types, `char(n)` included): the 22
+/// queries through Weft's `postgres` catalog, with lineitem and orders read as
+/// several ctid splits, return what PostgreSQL itself returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tpch_through_postgres_catalog_matches_postgres() {
+    let url = create_database("weft_tpch").await.expect("create database");
+    let client = connect(&url).await.expect("connect");
+    load_tpch(&client, tpch_dir(0.05, 3))
+        .await
+        .expect("load TPC-H");
+    let mut db = postgres_catalog(&url);
+    // Small splits so the larger tables are read in parallel pieces.
+    db.split_size = 256 * 1024;
+    let cluster = cluster(ClusterOptions {
+        catalogs: catalogs(vec![("pg", db)]),
+        target_partitions: Some(4),
+        ..Default::default()
+    })
+    .await;
+    let plan = explain(&cluster, "SELECT l_orderkey FROM lineitem").await;
+    assert!(
+        plan.contains("splits=4 (ctid ranges, one snapshot)"),
+        "lineitem is read as 4 ctid splits:\n{plan}"
+    );
+    let mut failures = Vec::new();
+    for q in 1..=22 {
+        let text = tpch_query(q);
+        eprintln!("q{q}");
+        let want = pg_rows(&client, &text)
+            .await
+            .expect("PostgreSQL runs the query");
+        let got = tokio::time::timeout(Duration::from_secs(120), weft_rows(&cluster, &text)).await;
+        match got {
+            Ok(Ok(rows)) => {
+                if let Err(e) = same_rows(&rows, &want) {
+                    failures.push(format!("q{q}: {e}"));
+                }
+            }
+            Ok(Err(e)) => failures.push(format!("q{q}: error {e}")),
+            Err(_) => failures.push(format!("q{q}: timed out")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Split reads, as a script:
+/// 1. A table of 20 000 rows is read with 1 split, 7 ctid splits and 5
+///    key-range splits: each returns exactly the rows of the single read.
+/// 2. While another session keeps inserting rows, a 7-split read still
+///    returns one consistent snapshot: no row lost or doubled (ids are
+///    distinct and form a prefix-closed set as inserted in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn split_reads_return_exactly_the_rows_of_a_single_read() {
+    let url = create_database("weft_splits")
+        .await
+        .expect("create database");
+    let client = connect(&url).await.expect("connect");
+    client
+        .batch_execute(
+            "CREATE TABLE events (id bigint PRIMARY KEY, payload text);
+             INSERT INTO events SELECT g, repeat('x', 50) || g FROM generate_series(1, 20000) g;
+             CREATE TABLE events_ctid (LIKE events);
+             INSERT INTO events_ctid SELECT * FROM events;
+             CREATE TABLE events_key (LIKE events);
+             INSERT INTO events_key SELECT * FROM events;
+             ANALYZE;",
+        )
+        .await
+        .expect("create tables");
+    let mut db = postgres_catalog(&url);
+    db.tables.insert(
+        "public.events_ctid".into(),
+        TableSplitConfig {
+            splits: Some(7),
+            ..Default::default()
+        },
+    );
+    db.tables.insert(
+        "public.events_key".into(),
+        TableSplitConfig {
+            splits: Some(5),
+            split_column: Some("id".into()),
+            lower_bound: Some("1".into()),
+            upper_bound: Some("20000".into()),
+        },
+    );
+    let cluster = cluster(ClusterOptions {
+        catalogs: catalogs(vec![("pg", db)]),
+        ..Default::default()
+    })
+    .await;
+
+    // 1.
+    let single = "SELECT count(*), count(DISTINCT id), sum(id), min(payload), max(payload) FROM pg.public.events";
+    let want = weft_rows(&cluster, single).await.expect("single read");
+    assert_eq!(want[0][0], "20000");
+    for table in ["events_ctid", "events_key"] {
+        let plan = explain(&cluster, &format!("SELECT id FROM {table}")).await;
+        assert!(plan.contains("one snapshot"), "{table}:\n{plan}");
+        let got = weft_rows(&cluster, &single.replace("events", table))
+            .await
+            .expect("split read");
+        assert_eq!(got, want, "{table}");
+    }
+    let plan = explain(&cluster, "SELECT id FROM events_ctid").await;
+    assert!(plan.contains("splits=7 (ctid ranges"), "{plan}");
+    let plan = explain(&cluster, "SELECT id FROM events_key").await;
+    assert!(plan.contains("splits=5 (column id"), "{plan}");
+
+    // 2.
+    let writer_url = url.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_writer = std::sync::Arc::clone(&stop);
+    let writer = tokio::spawn(async move {
+        let c = connect(&writer_url).await.expect("writer connects");
+        let mut next = 20001i64;
+        while !stop_writer.load(std::sync::atomic::Ordering::Relaxed) {
+            c.execute(
+                "INSERT INTO events_ctid SELECT g, 'new' || g FROM generate_series($1::bigint, $1::bigint + 99) g",
+                &[&next],
+            )
+            .await
+            .expect("insert");
+            next += 100;
+        }
+        next
+    });
+    for _ in 0..5 {
+        let got = weft_rows(
+            &cluster,
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM events_ctid",
+        )
+        .await
+        .expect("read while inserting");
+        let count: i64 = got[0][0].parse().unwrap();
+        assert_eq!(got[0][0], got[0][1], "no row read twice: {got:?}");
+        assert_eq!(got[0][2], "1");
+        assert_eq!(got[0][3], count.to_string(), "no row lost: {got:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let inserted_up_to = writer.await.expect("writer");
+    assert!(inserted_up_to > 20001, "the writer inserted rows meanwhile");
+}
+
+/// Column types map to Arrow as documented, NULLs included; an unmapped type
+/// is read as text; filters, projection and limit go into the remote SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn types_map_and_simple_pushdown() {
+    let url = create_database("weft_types")
+        .await
+        .expect("create database");
+    let client = connect(&url).await.expect("connect");
+    client
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('sad', 'happy');
+             CREATE TABLE t (
+               b boolean, i2 smallint, i4 integer, i8 bigint, f4 real, f8 double precision,
+               n numeric(12,3), nu numeric, tx text, vc varchar(10), ch char(5),
+               d date, tm time, ts timestamp, tz timestamptz, iv interval, by bytea,
+               u uuid, j json, jb jsonb, e mood, arr integer[], tarr text[], m money);
+             INSERT INTO t VALUES (
+               true, -2, 4, 8000000000, 1.5, 2.25, -1234.567, 3.14159, 'héllo', 'v', 'ab',
+               '2024-02-29', '12:34:56.789', '2024-01-02 03:04:05.678', '2024-01-02 03:04:05+02',
+               '1 mon 2 days 00:00:03', '\\x0102', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+               '{\"a\": 1}', '{\"b\": 2}', 'happy', '{1,NULL,3}', '{x,y}', '12.34');
+             INSERT INTO t (i4) VALUES (NULL);",
+        )
+        .await
+        .expect("create table");
+    let cluster = cluster(ClusterOptions {
+        catalogs: catalogs(vec![("pg", postgres_catalog(&url))]),
+        ..Default::default()
+    })
+    .await;
+    let batches = cluster
+        .query("SELECT * FROM t WHERE b")
+        .await
+        .expect("select");
+    let schema = batches[0].schema();
+    let types: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}:{}", f.name(), f.data_type()))
+        .collect();
+    assert_eq!(
+        types.join(" "),
+        "b:Boolean i2:Int16 i4:Int32 i8:Int64 f4:Float32 f8:Float64 n:Decimal128(12, 3) \
+         nu:Decimal128(38, 10) tx:Utf8 vc:Utf8 ch:Utf8 d:Date32 tm:Time64(µs) ts:Timestamp(µs) \
+         tz:Timestamp(µs, \"UTC\") iv:Interval(MonthDayNano) by:Binary u:Utf8 j:Utf8 jb:Utf8 \
+         e:Utf8 arr:List(Int32) tarr:List(Utf8) m:Utf8"
+    );
+    let row = &batch_rows(&batches)[0];
+    let expected = [
+        "true",
+        "-2",
+        "4",
+        "8000000000",
+        "1.5",
+        "2.25",
+        "-1234.567",
+        "3.1415900000",
+        "héllo",
+        "v",
+        "ab",
+        "2024-02-29",
+        "12:34:56.789",
+        "2024-01-02T03:04:05.678",
+        "2024-01-02T01:04:05Z",
+        "1 mons 2 days 3.000000000 secs",
+        "0102",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "{\"a\": 1}",
+        "{\"b\": 2}",
+        "happy",
+        "[1, NULL, 3]",
+        "[x, y]",
+        "$12.34",
+    ];
+    assert_eq!(row, &expected.map(str::to_string).to_vec());
+    let nulls = batch_rows(
+        &cluster
+            .query("SELECT i4, tx, arr FROM t WHERE i4 IS NULL")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(nulls, vec![vec!["NULL", "NULL", "NULL"]]);
+
+    let plan = explain(
+        &cluster,
+        "SELECT i4, tx FROM t WHERE i8 > 5 AND tx LIKE 'h%' LIMIT 3",
+    )
+    .await;
+    assert!(
+        plan.contains(
+            r#"sql=SELECT "i4", "tx" FROM "public"."t" WHERE ("i8" > 5) AND "tx" LIKE 'h%' LIMIT 3"#
+        ),
+        "{plan}"
+    );
+    // Collation-dependent string ranges and char(n) stay in Weft.
+    let plan = explain(&cluster, "SELECT i4 FROM t WHERE tx > 'a' AND ch = 'ab'").await;
+    let scan = plan
+        .lines()
+        .find(|l| l.contains("RemoteScanExec"))
+        .expect("a remote scan");
+    assert!(
+        scan.trim_end()
+            .ends_with(r#"sql=SELECT "i4", "tx", "ch" FROM "public"."t""#),
+        "{plan}"
+    );
+    let got = batch_rows(
+        &cluster
+            .query("SELECT i4 FROM t WHERE tx > 'a' AND ch = 'ab'")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, vec![vec!["4"]]);
+}
+
+/// Errors name the catalog and the host, never the password; one broken
+/// catalog does not stop the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn errors_name_catalog_and_host_but_never_the_password() {
+    let url = create_database("weft_errors")
+        .await
+        .expect("create database");
+    let client = connect(&url).await.expect("connect");
+    client
+        .batch_execute("CREATE TABLE ok (x integer); INSERT INTO ok VALUES (1); CREATE TABLE doomed (x integer);")
+        .await
+        .expect("create");
+    let password = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('@').next())
+        .and_then(|u| u.split(':').nth(1))
+        .expect("test URL has a password")
+        .to_string();
+    let wrong_password = url.replacen(&format!(":{password}@"), ":not-the-password@", 1);
+    let missing_db = with_database(&url, "no_such_database");
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let unreachable = format!("postgresql://weft:{password}@127.0.0.1:{closed}/x");
+    let mut down = postgres_catalog(&unreachable);
+    down.connect_timeout = Duration::from_secs(2);
+    let cluster = cluster(ClusterOptions {
+        catalogs: catalogs(vec![
+            ("good", postgres_catalog(&url)),
+            ("badpw", postgres_catalog(&wrong_password)),
+            ("nodb", postgres_catalog(&missing_db)),
+            ("down", down),
+        ]),
+        ..Default::default()
+    })
+    .await;
+    let rows = batch_rows(&cluster.query("SELECT x FROM good.public.ok").await.unwrap());
+    assert_eq!(
+        rows,
+        vec![vec!["1"]],
+        "the good catalog works beside broken ones"
+    );
+
+    let err = |sql: &'static str| {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .query(sql)
+                .await
+                .expect_err("query fails")
+                .to_string()
+        }
+    };
+    let e = err("SELECT * FROM badpw.public.ok").await;
+    assert!(
+        e.contains("catalog \\\"badpw\\\"") && e.contains("password authentication failed"),
+        "{e}"
+    );
+    let e = err("SELECT * FROM nodb.public.ok").await;
+    assert!(
+        e.contains("catalog \\\"nodb\\\"") && e.contains("no_such_database"),
+        "{e}"
+    );
+    let e = err("SELECT * FROM down.public.ok").await;
+    assert!(
+        e.contains("catalog \\\"down\\\"") && e.contains(&format!("127.0.0.1:{closed}")),
+        "{e}"
+    );
+    // A remote error carries PostgreSQL's message.
+    let e = err("SELECT x FROM good.public.ok WHERE x * 9223372036854775807 * 2 > 0").await;
+    assert!(
+        e.contains("catalog \\\"good\\\"") && e.contains("out of range"),
+        "{e}"
+    );
+    // A table dropped between planning and execution.
+    client.batch_execute("DROP TABLE doomed").await.unwrap();
+    let e = err("SELECT * FROM good.public.doomed").await;
+    assert!(e.contains("doomed"), "{e}");
+    let plan = explain(&cluster, "SELECT * FROM good.public.ok").await;
+    for text in [&e, &plan] {
+        assert!(!text.contains(&password), "password leaked: {text}");
+    }
+}
