@@ -5,7 +5,10 @@
 //! ```text
 //! cargo run --profile bench-release -p weft-benches -- tpch --scale 1
 //! cargo run --profile bench-release -p weft-benches -- latency
+//! scripts/bench-postgres.sh      # pgscan against a private PostgreSQL
 //! ```
+
+mod pgscan;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,6 +46,22 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         queries: Vec<usize>,
     },
+    /// PostgreSQL scan throughput of TPC-H lineitem: Weft (1 and N splits)
+    /// vs psql binary COPY and ConnectorX.
+    Pgscan {
+        /// Admin URL of a PostgreSQL server (a database is created in it).
+        #[arg(long, env = "WEFT_BENCH_PG")]
+        pg_url: String,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Splits for the parallel read (and ConnectorX partitions).
+        #[arg(long, default_value_t = 4)]
+        splits: usize,
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+    },
     /// Round trip of `SELECT 1` through Flight SQL.
     Latency {
         #[arg(long, default_value_t = 500)]
@@ -50,7 +69,7 @@ enum Cmd {
     },
 }
 
-fn cpus() -> usize {
+pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -80,6 +99,13 @@ async fn main() -> anyhow::Result<()> {
             queries,
         } => tpch(scale, data, workers, iterations, queries).await,
         Cmd::Latency { iterations } => latency(iterations).await,
+        Cmd::Pgscan {
+            pg_url,
+            scale,
+            data,
+            splits,
+            iterations,
+        } => pgscan::pgscan(pg_url, scale, data, splits, iterations).await,
     }
 }
 
