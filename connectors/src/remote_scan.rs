@@ -137,10 +137,6 @@ impl RemoteScanExec {
             split_method: self.split_method.clone(),
         }
     }
-
-    pub fn queries(&self) -> &[String] {
-        &self.queries
-    }
 }
 
 impl DisplayAs for RemoteScanExec {

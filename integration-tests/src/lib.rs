@@ -232,8 +232,9 @@ pub async fn read_all(
     Ok(out)
 }
 
-/// Rows as strings, floats rounded to 9 significant digits, for comparison.
-pub fn canonical_rows(batches: &[RecordBatch]) -> Vec<String> {
+/// Rows of Arrow batches as strings (`NULL` for nulls); floats are passed
+/// through `float` first.
+pub fn format_rows(batches: &[RecordBatch], float: impl Fn(f64) -> String) -> Vec<Vec<String>> {
     let options = FormatOptions::default().with_null("NULL");
     let mut rows = Vec::new();
     for b in batches {
@@ -248,16 +249,23 @@ pub fn canonical_rows(batches: &[RecordBatch]) -> Vec<String> {
                 .zip(&formatters)
                 .map(|(c, f)| match c.data_type() {
                     DataType::Float32 | DataType::Float64 if !c.is_null(r) => {
-                        let v: f64 = f.value(r).to_string().parse().unwrap_or(f64::NAN);
-                        format!("{v:.8e}")
+                        float(f.value(r).to_string().parse().unwrap_or(f64::NAN))
                     }
                     _ => f.value(r).to_string(),
                 })
                 .collect();
-            rows.push(cells.join("|"));
+            rows.push(cells);
         }
     }
     rows
+}
+
+/// Rows as strings, floats rounded to 9 significant digits, for comparison.
+pub fn canonical_rows(batches: &[RecordBatch]) -> Vec<String> {
+    format_rows(batches, |v| format!("{v:.8e}"))
+        .into_iter()
+        .map(|cells| cells.join("|"))
+        .collect()
 }
 
 /// TPC-H data shared by the tests of one process, generated once.

@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use arrow::array::ArrayRef;
 use arrow::record_batch::RecordBatch;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
 use futures::SinkExt;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -166,21 +164,9 @@ pub async fn pg_rows(client: &Client, sql: &str) -> anyhow::Result<Vec<Vec<Strin
     Ok(sets.pop().unwrap_or_default())
 }
 
-/// Rows of Arrow batches as strings.
+/// Rows of Arrow batches as strings, floats as Arrow prints them.
 pub fn batch_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    let options = FormatOptions::default().with_null("NULL");
-    let mut rows = Vec::new();
-    for b in batches {
-        let columns: Vec<ArrayRef> = b.columns().to_vec();
-        let formatters: Vec<_> = columns
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formattable column"))
-            .collect();
-        for r in 0..b.num_rows() {
-            rows.push(formatters.iter().map(|f| f.value(r).to_string()).collect());
-        }
-    }
-    rows
+    crate::format_rows(batches, |v| v.to_string())
 }
 
 fn number(cell: &str) -> Option<f64> {

@@ -81,11 +81,6 @@ impl CopyDecoder {
         self.rows
     }
 
-    /// Whether the end-of-data marker has been read.
-    pub fn is_finished(&self) -> bool {
-        self.finished
-    }
-
     /// Decodes every complete tuple of `chunk` (plus what was carried over).
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
         if self.pending.is_empty() {

@@ -159,11 +159,6 @@ impl PostgresSource {
         })
     }
 
-    /// `host:port` of the server, for messages.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
     /// An error from running SQL on this catalog.
     pub fn remote_error(&self, e: &tokio_postgres::Error) -> PgError {
         PgError::Remote {
