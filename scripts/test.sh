@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # Runs Weft's whole test suite on a fresh machine.
 #
-# Installs what the tests need when missing (protoc, etcd, PostgreSQL, and
-# ADBC's Flight SQL driver for Python), starts etcd and PostgreSQL on private
-# ports with temporary data directories, runs `cargo test --workspace` and
-# stops them afterwards. Extra arguments go to `cargo test`.
+# Installs what the tests need when missing (protoc, etcd, PostgreSQL,
+# MariaDB, and ADBC's Flight SQL driver for Python), starts etcd, PostgreSQL
+# and MariaDB on private ports with temporary data directories, runs
+# `cargo test --workspace` and stops them afterwards. Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/postgres.sh
 . scripts/lib/postgres.sh
+# shellcheck source=lib/mariadb.sh
+. scripts/lib/mariadb.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
 
 need_apt=()
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 [ -n "$(pg_find_bin)" ] || need_apt+=(postgresql)
+[ -n "$(my_find_bin)" ] || need_apt+=(mariadb-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   SUDO=""
@@ -34,6 +38,7 @@ work=$(mktemp -d -t weft-test-XXXXXX)
 etcd_pid=""
 cleanup() {
   pg_stop "$work/pg"
+  my_stop "$work/my"
   if [ -n "$etcd_pid" ]; then
     kill "$etcd_pid" 2>/dev/null || true
     wait "$etcd_pid" 2>/dev/null || true
@@ -70,6 +75,9 @@ export WEFT_TEST_ETCD="http://127.0.0.1:$client_port"
 
 pg_start "$work/pg"
 export WEFT_TEST_PG="$PG_URL"
+
+my_start "$work/my"
+export WEFT_TEST_MYSQL="$MY_URL"
 
 echo "== cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --workspace "$@"

@@ -54,7 +54,7 @@ pub async fn register_catalogs(ctx: &SessionContext, config: &CatalogsConfig) ->
                 }
             }
             // Database catalogs are registered by `weft-connectors`.
-            CatalogConfig::Postgres(_) => {}
+            CatalogConfig::Postgres(_) | CatalogConfig::Mysql(_) | CatalogConfig::FlightSql(_) => {}
         }
     }
     errors

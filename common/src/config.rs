@@ -73,6 +73,11 @@ pub enum CatalogConfig {
     Files { path: String, format: FileFormat },
     /// A PostgreSQL database; its schemas and tables appear as they are.
     Postgres(DatabaseConfig),
+    /// A MySQL or MariaDB server; its databases appear as schemas.
+    Mysql(DatabaseConfig),
+    /// A Flight SQL server (another Weft cluster included); the schemas of
+    /// its catalog appear as they are.
+    FlightSql(DatabaseConfig),
 }
 
 /// A connection URL that may hold a password. `Debug` and `Display` hide it.
@@ -153,7 +158,7 @@ pub struct TableSplitConfig {
     pub upper_bound: Option<String>,
 }
 
-/// A database catalog (`postgres`).
+/// A database catalog (`postgres`, `mysql`, `flightsql`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {
     pub url: SecretUrl,
@@ -167,6 +172,8 @@ pub struct DatabaseConfig {
     pub string_range_pushdown: bool,
     /// Per table (`"schema.table"`) split settings.
     pub tables: BTreeMap<String, TableSplitConfig>,
+    /// Flight SQL: the server's catalog whose schemas this catalog shows.
+    pub remote_catalog: Option<String>,
 }
 
 impl DatabaseConfig {
@@ -180,6 +187,7 @@ impl DatabaseConfig {
             split_size: 64 * 1024 * 1024,
             string_range_pushdown: false,
             tables: BTreeMap::new(),
+            remote_catalog: None,
         }
     }
 }
@@ -286,7 +294,7 @@ fn parse_catalog(
     let kind = get_str("kind")?.ok_or_else(|| {
         field_err(
             "kind",
-            "missing; set kind = \"files\" or \"postgres\"".to_string(),
+            "missing; set kind = \"files\", \"postgres\", \"mysql\" or \"flightsql\"".to_string(),
         )
     })?;
     match kind.as_str() {
@@ -321,14 +329,25 @@ fn parse_catalog(
                 format,
             })
         }
-        "postgres" => parse_database(table, &field_err, &get_str).map(CatalogConfig::Postgres),
-        "mysql" | "flightsql" => Err(field_err(
-            "kind",
-            format!("kind \"{kind}\" is not supported by this version of Weft (supported: files, postgres)"),
-        )),
+        "postgres" => parse_database(
+            table,
+            &field_err,
+            &get_str,
+            "postgresql://user:${ENV:PASSWORD}@host:5432/db",
+        )
+        .map(CatalogConfig::Postgres),
+        "mysql" => parse_database(
+            table,
+            &field_err,
+            &get_str,
+            "mysql://user:${ENV:PASSWORD}@host:3306/db",
+        )
+        .map(CatalogConfig::Mysql),
+        "flightsql" => parse_database(table, &field_err, &get_str, "grpc://host:50050")
+            .map(CatalogConfig::FlightSql),
         other => Err(field_err(
             "kind",
-            format!("unknown kind \"{other}\" (expected files or postgres)"),
+            format!("unknown kind \"{other}\" (expected files, postgres, mysql or flightsql)"),
         )),
     }
 }
@@ -337,35 +356,37 @@ fn parse_database(
     table: &toml::Table,
     field_err: &dyn Fn(&'static str, String) -> ConfigError,
     get_str: &dyn Fn(&'static str) -> Result<Option<String>, ConfigError>,
+    url_example: &str,
 ) -> Result<DatabaseConfig, ConfigError> {
-    const FIELDS: [&str; 9] = [
-        "kind",
-        "url",
-        "pool_size",
-        "connect_timeout",
-        "tls",
-        "unsupported_types",
-        "split_size",
-        "string_range_pushdown",
-        "tables",
-    ];
+    // A Flight SQL server is not split by Weft and has its own catalogs.
+    let fields: &[&str] = if url_example.starts_with("grpc") {
+        &["kind", "url", "connect_timeout", "tls", "catalog"]
+    } else {
+        &[
+            "kind",
+            "url",
+            "pool_size",
+            "connect_timeout",
+            "tls",
+            "unsupported_types",
+            "split_size",
+            "string_range_pushdown",
+            "tables",
+        ]
+    };
     for key in table.keys() {
-        if !FIELDS.contains(&key.as_str()) {
+        if !fields.contains(&key.as_str()) {
             return Err(field_err(
                 "kind",
                 format!(
                     "unknown field `{key}` (expected one of {})",
-                    FIELDS[1..].join(", ")
+                    fields[1..].join(", ")
                 ),
             ));
         }
     }
-    let url = get_str("url")?.ok_or_else(|| {
-        field_err(
-            "url",
-            "missing; set url = \"postgresql://user:${ENV:PASSWORD}@host:5432/db\"".to_string(),
-        )
-    })?;
+    let url = get_str("url")?
+        .ok_or_else(|| field_err("url", format!("missing; set url = \"{url_example}\"")))?;
     let mut config = DatabaseConfig::new(SecretUrl::new(url));
     match table.get("pool_size") {
         None => {}
@@ -377,6 +398,7 @@ fn parse_database(
             ))
         }
     }
+    config.remote_catalog = get_str("catalog")?;
     if let Some(t) = get_str("connect_timeout")? {
         config.connect_timeout = parse_duration(&t).map_err(|m| field_err("connect_timeout", m))?;
     }

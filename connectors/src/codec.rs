@@ -66,6 +66,7 @@ impl PhysicalExtensionCodec for ConnectorCodec {
             queries: node.queries,
             snapshot: (!node.snapshot.is_empty()).then_some(node.snapshot),
             split_method: node.split_method,
+            split_payloads: node.split_payloads,
         };
         Ok(Arc::new(RemoteScanExec::try_new(source, spec)?))
     }
@@ -89,6 +90,7 @@ impl PhysicalExtensionCodec for ConnectorCodec {
             snapshot: spec.snapshot.unwrap_or_default(),
             relation: spec.relation,
             split_method: spec.split_method,
+            split_payloads: spec.split_payloads,
         }
         .encode(buf)
         .map_err(codec_err)

@@ -6,6 +6,7 @@
 //! functions with the same meaning in both. Not pushed (Weft evaluates them):
 //! range comparisons on strings, whose result depends on the database's
 //! collation (unless the catalog sets `string_range_pushdown = true`),
+//! functions, casts and operators the source's SQL lacks ([`SourceSyntax`]),
 //! columns the source compares differently (`char(n)` ignores trailing
 //! blanks) or that are read through `::text`, other functions, and anything
 //! the unparser cannot render.
@@ -14,8 +15,8 @@ use std::collections::HashMap;
 
 use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, ScalarValue};
-use datafusion::logical_expr::{Expr, Operator};
+use datafusion::common::{internal_err, Column, Result, ScalarValue};
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
 use datafusion::sql::unparser::dialect::Dialect;
 use datafusion::sql::unparser::Unparser;
 
@@ -26,19 +27,58 @@ pub struct PushdownRules {
     pub columns: HashMap<String, DataType>,
     /// Push `<`, `>`, `BETWEEN` on strings (collation dependent).
     pub string_ranges: bool,
+    /// What the source's SQL has beyond comparisons and boolean logic.
+    pub syntax: SourceSyntax,
 }
 
-/// Functions with the same result in DataFusion and common SQL databases.
-const PORTABLE_FUNCTIONS: [&str; 8] = [
-    "lower",
-    "upper",
-    "abs",
-    "btrim",
-    "ltrim",
-    "rtrim",
-    "character_length",
-    "coalesce",
-];
+/// The SQL features a source shares with DataFusion.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceSyntax {
+    /// Functions with the same result in DataFusion and the source.
+    pub functions: &'static [&'static str],
+    /// `CAST` to the types DataFusion's unparser names.
+    pub casts: bool,
+    /// `IS [NOT] DISTINCT FROM`.
+    pub distinct_from: bool,
+}
+
+impl SourceSyntax {
+    pub const POSTGRES: Self = Self {
+        functions: &[
+            "lower",
+            "upper",
+            "abs",
+            "btrim",
+            "ltrim",
+            "rtrim",
+            "character_length",
+            "coalesce",
+        ],
+        casts: true,
+        distinct_from: true,
+    };
+    /// Any SQL engine (Flight SQL servers): the standard's own functions only.
+    pub const STANDARD: Self = Self {
+        functions: &["lower", "upper", "abs", "coalesce", "character_length"],
+        casts: false,
+        distinct_from: true,
+    };
+    /// MySQL and MariaDB: no `btrim`, no `IS DISTINCT FROM`, and `CAST` knows
+    /// only `SIGNED`/`DECIMAL`/`CHAR`/... (not `BIGINT`).
+    pub const MYSQL: Self = Self {
+        functions: &[
+            "lower",
+            "upper",
+            "abs",
+            "ltrim",
+            "rtrim",
+            "character_length",
+            "coalesce",
+        ],
+        casts: false,
+        distinct_from: false,
+    };
+}
 
 impl PushdownRules {
     /// The SQL text of `expr` for `dialect`, or `None` if it must stay in Weft.
@@ -63,6 +103,35 @@ impl PushdownRules {
         Some(sql.to_string())
     }
 
+    /// For `supports_filters_pushdown`: `Exact` for the filters the source
+    /// evaluates, `Unsupported` for the rest.
+    pub fn support(
+        &self,
+        filters: &[&Expr],
+        dialect: &dyn Dialect,
+    ) -> Vec<TableProviderFilterPushDown> {
+        filters
+            .iter()
+            .map(|f| match self.render(f, dialect) {
+                Some(_) => TableProviderFilterPushDown::Exact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect()
+    }
+
+    /// The SQL of filters accepted by [`Self::support`].
+    pub fn render_all(&self, filters: &[Expr], dialect: &dyn Dialect) -> Result<Vec<String>> {
+        filters
+            .iter()
+            .map(|f| match self.render(f, dialect) {
+                Some(sql) => Ok(sql),
+                None => {
+                    internal_err!("filter {f} was accepted for pushdown but cannot be rendered")
+                }
+            })
+            .collect()
+    }
+
     fn is_string(&self, e: &Expr) -> bool {
         match e {
             Expr::Column(c) => matches!(
@@ -85,12 +154,10 @@ impl PushdownRules {
             Expr::Literal(v, _) => literal_supported(v),
             Expr::BinaryExpr(b) => {
                 let ok_op = match b.op {
-                    Operator::Eq
-                    | Operator::NotEq
-                    | Operator::And
-                    | Operator::Or
-                    | Operator::IsDistinctFrom
-                    | Operator::IsNotDistinctFrom => true,
+                    Operator::Eq | Operator::NotEq | Operator::And | Operator::Or => true,
+                    Operator::IsDistinctFrom | Operator::IsNotDistinctFrom => {
+                        self.syntax.distinct_from
+                    }
                     Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq => {
                         self.string_ranges || !(self.is_string(&b.left) || self.is_string(&b.right))
                     }
@@ -132,11 +199,12 @@ impl PushdownRules {
                     Expr::Column(col) => self.columns.get(&col.name),
                     _ => None,
                 };
-                from.is_some_and(|from| widening(from, c.field.data_type()))
+                self.syntax.casts
+                    && from.is_some_and(|from| widening(from, c.field.data_type()))
                     && self.supported(&c.expr)
             }
             Expr::ScalarFunction(f) => {
-                PORTABLE_FUNCTIONS.contains(&f.func.name())
+                self.syntax.functions.contains(&f.func.name())
                     && f.args.iter().all(|a| self.supported(a))
             }
             _ => false,
@@ -202,6 +270,7 @@ mod tests {
             .into_iter()
             .collect(),
             string_ranges,
+            syntax: SourceSyntax::POSTGRES,
         }
     }
 

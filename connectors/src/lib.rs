@@ -3,9 +3,13 @@
 //!
 //! Each catalog kind is a DataFusion catalog whose tables plan
 //! [`RemoteScanExec`]s: the SQL the source runs (projection, filters and limit
-//! pushed into it) and how the read is cut into splits. Today: PostgreSQL
-//! ([`postgres`]), read with binary `COPY` into Arrow builders, split by ctid
-//! page ranges or a key column under one exported snapshot.
+//! pushed into it) and how the read is cut into splits:
+//! - PostgreSQL ([`postgres`]): binary `COPY` decoded into Arrow builders,
+//!   split by ctid page ranges or a key column under one exported snapshot;
+//! - MySQL and MariaDB ([`mysql`]): text protocol rows into Arrow, split by
+//!   ranges of the integer primary key or a configured column;
+//! - Flight SQL servers ([`flightsql`]), another Weft cluster included: one
+//!   split per endpoint the server returns.
 //!
 //! Main types: [`Connectors`] (the sources of one process, built from its
 //! catalog file), [`RemoteSource`], [`RemoteScanExec`], [`ConnectorCodec`].
@@ -22,10 +26,15 @@
 //! # }
 //! ```
 
+pub mod catalog;
 pub mod codec;
+pub mod error;
 pub mod filters;
+pub mod flightsql;
+pub mod mysql;
 pub mod postgres;
 pub mod remote_scan;
+pub mod splits;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -33,99 +42,94 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::TableProvider;
 use datafusion::common::Result;
 use datafusion::physical_plan::metrics::BaselineMetrics;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::SessionContext;
 use weft_common::config::{CatalogConfig, CatalogsConfig};
 
+pub use catalog::DatabaseCatalog;
 pub use codec::ConnectorCodec;
+pub use error::SourceError;
 pub use remote_scan::{RemoteScanExec, RemoteScanSpec};
 
-use crate::postgres::catalog::PostgresCatalog;
-use crate::postgres::types::WireType;
-use crate::postgres::{PgError, PostgresSource};
+use crate::catalog::Listing;
+use crate::flightsql::FlightSqlSource;
+use crate::mysql::MysqlSource;
+use crate::postgres::PostgresSource;
 
-/// A database that runs the queries of [`RemoteScanExec`]s.
+/// What one split of a [`RemoteScanExec`] asks its source to stream.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    /// The SQL the source runs.
+    pub query: String,
+    /// Snapshot all splits read under (PostgreSQL's exported snapshot id).
+    pub snapshot: Option<String>,
+    /// Source-specific data of this split (a Flight SQL endpoint).
+    pub payload: Option<Vec<u8>>,
+    pub schema: SchemaRef,
+    /// Per column, how the source sends it (source specific).
+    pub wire_types: Vec<String>,
+    pub batch_size: usize,
+}
+
+/// A database that lists its tables, plans their scans and runs the queries
+/// of [`RemoteScanExec`]s.
+#[async_trait]
 pub trait RemoteSource: Debug + Send + Sync + 'static {
     /// Catalog name in the catalog file.
     fn catalog(&self) -> &str;
     /// Source kind, e.g. `postgres`.
     fn kind(&self) -> &'static str;
-    /// Streams the rows of `query`, read under `snapshot` if given.
+    /// The source's schemas and their tables.
+    async fn list(self: Arc<Self>) -> Result<Listing, SourceError>;
+    /// Table `schema.name` (columns read now), or `None` if it does not exist.
+    async fn table(
+        self: Arc<Self>,
+        schema: &str,
+        name: &str,
+    ) -> Result<Option<Arc<dyn TableProvider>>, SourceError>;
+    /// Streams the rows of one split.
     fn execute_query(
         self: Arc<Self>,
-        query: String,
-        snapshot: Option<String>,
-        schema: SchemaRef,
-        wire_types: &[String],
-        batch_size: usize,
+        request: ScanRequest,
         metrics: BaselineMetrics,
     ) -> Result<SendableRecordBatchStream>;
-}
-
-impl RemoteSource for PostgresSource {
-    fn catalog(&self) -> &str {
-        &self.catalog
-    }
-
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn execute_query(
-        self: Arc<Self>,
-        query: String,
-        snapshot: Option<String>,
-        schema: SchemaRef,
-        wire_types: &[String],
-        batch_size: usize,
-        metrics: BaselineMetrics,
-    ) -> Result<SendableRecordBatchStream> {
-        let wire = wire_types
-            .iter()
-            .map(|w| {
-                WireType::parse(w).ok_or_else(|| {
-                    datafusion::common::DataFusionError::Internal(format!(
-                        "unknown PostgreSQL wire type {w:?} (coordinator and worker versions differ?)"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.scan(query, snapshot, schema, wire, batch_size, metrics)
-    }
-}
-
-/// Why a connector catalog could not be set up. The process keeps running
-/// with the other catalogs.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectorError {
-    #[error(transparent)]
-    Postgres(#[from] PgError),
 }
 
 /// The database sources of one process, by catalog name.
 #[derive(Debug, Default, Clone)]
 pub struct Connectors {
-    postgres: BTreeMap<String, Arc<PostgresSource>>,
+    sources: BTreeMap<String, Arc<dyn RemoteSource>>,
 }
 
 impl Connectors {
     /// Builds the sources of every database catalog in `config`. No
     /// connection is opened yet; catalogs whose settings are unusable are
     /// returned as errors and left out.
-    pub fn from_config(config: &CatalogsConfig) -> (Self, Vec<ConnectorError>) {
+    pub fn from_config(config: &CatalogsConfig) -> (Self, Vec<SourceError>) {
         let mut connectors = Self::default();
         let mut errors = Vec::new();
         for (name, catalog) in &config.catalogs {
-            match catalog {
-                CatalogConfig::Postgres(db) => match PostgresSource::try_new(name, db.clone()) {
-                    Ok(s) => {
-                        connectors.postgres.insert(name.clone(), Arc::new(s));
-                    }
-                    Err(e) => errors.push(e.into()),
-                },
-                CatalogConfig::Files { .. } => {}
+            let source: Result<Arc<dyn RemoteSource>, SourceError> = match catalog {
+                CatalogConfig::Postgres(db) => {
+                    PostgresSource::try_new(name, db.clone()).map(|s| Arc::new(s) as _)
+                }
+                CatalogConfig::Mysql(db) => {
+                    MysqlSource::try_new(name, db.clone()).map(|s| Arc::new(s) as _)
+                }
+                CatalogConfig::FlightSql(db) => {
+                    FlightSqlSource::try_new(name, db.clone()).map(|s| Arc::new(s) as _)
+                }
+                CatalogConfig::Files { .. } => continue,
+            };
+            match source {
+                Ok(s) => {
+                    connectors.sources.insert(name.clone(), s);
+                }
+                Err(e) => errors.push(e),
             }
         }
         (connectors, errors)
@@ -134,13 +138,13 @@ impl Connectors {
     /// Registers every database catalog in `ctx`. A database that cannot be
     /// reached is still registered (its tables appear once it answers); its
     /// error is returned for the log.
-    pub async fn register(&self, ctx: &SessionContext) -> Vec<ConnectorError> {
+    pub async fn register(&self, ctx: &SessionContext) -> Vec<SourceError> {
         let mut errors = Vec::new();
-        for (name, source) in &self.postgres {
-            let (catalog, error) = PostgresCatalog::load(Arc::clone(source)).await;
+        for (name, source) in &self.sources {
+            let (catalog, error) = DatabaseCatalog::load(Arc::clone(source)).await;
             ctx.register_catalog(name, catalog);
             if let Some(e) = error {
-                errors.push(e.into());
+                errors.push(e);
             }
         }
         errors
@@ -148,9 +152,7 @@ impl Connectors {
 
     /// The source of catalog `name`, if it is a database catalog here.
     pub fn source(&self, name: &str) -> Option<Arc<dyn RemoteSource>> {
-        self.postgres
-            .get(name)
-            .map(|s| Arc::clone(s) as Arc<dyn RemoteSource>)
+        self.sources.get(name).map(Arc::clone)
     }
 
     /// Codec for [`RemoteScanExec`] that resolves catalogs in this process.

@@ -16,7 +16,7 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 
-use crate::RemoteSource;
+use crate::{RemoteSource, ScanRequest};
 
 /// A scan whose rows a source database computes: one SQL query per split.
 ///
@@ -41,6 +41,7 @@ pub struct RemoteScanExec {
     queries: Vec<String>,
     snapshot: Option<String>,
     split_method: String,
+    split_payloads: Vec<Vec<u8>>,
     /// Keeps coordinator-side resources (an exported snapshot) alive while the
     /// plan is; not encoded.
     keep_alive: Option<Arc<dyn Any + Send + Sync>>,
@@ -72,12 +73,22 @@ pub struct RemoteScanSpec {
     pub snapshot: Option<String>,
     /// How the splits were made, for EXPLAIN.
     pub split_method: String,
+    /// Source-specific data of each split (a Flight SQL endpoint): empty, or
+    /// one per query.
+    pub split_payloads: Vec<Vec<u8>>,
 }
 
 impl RemoteScanExec {
     pub fn try_new(source: Arc<dyn RemoteSource>, spec: RemoteScanSpec) -> Result<Self> {
         if spec.queries.is_empty() {
             return plan_err!("a remote scan needs at least one query");
+        }
+        if !spec.split_payloads.is_empty() && spec.split_payloads.len() != spec.queries.len() {
+            return plan_err!(
+                "remote scan has {} split payloads for {} queries",
+                spec.split_payloads.len(),
+                spec.queries.len()
+            );
         }
         if spec.wire_types.len() != spec.schema.fields().len() {
             return plan_err!(
@@ -100,6 +111,7 @@ impl RemoteScanExec {
             queries: spec.queries,
             snapshot: spec.snapshot,
             split_method: spec.split_method,
+            split_payloads: spec.split_payloads,
             keep_alive: None,
             row_estimate: None,
             properties: Arc::new(properties),
@@ -135,6 +147,7 @@ impl RemoteScanExec {
             queries: self.queries.clone(),
             snapshot: self.snapshot.clone(),
             split_method: self.split_method.clone(),
+            split_payloads: self.split_payloads.clone(),
         }
     }
 }
@@ -210,14 +223,15 @@ impl ExecutionPlan for RemoteScanExec {
             );
         };
         let metrics = BaselineMetrics::new(&self.metrics, partition);
-        Arc::clone(&self.source).execute_query(
-            query.clone(),
-            self.snapshot.clone(),
-            Arc::clone(&self.schema),
-            &self.wire_types,
-            context.session_config().batch_size(),
-            metrics,
-        )
+        let request = ScanRequest {
+            query: query.clone(),
+            snapshot: self.snapshot.clone(),
+            payload: self.split_payloads.get(partition).cloned(),
+            schema: Arc::clone(&self.schema),
+            wire_types: self.wire_types.clone(),
+            batch_size: context.session_config().batch_size(),
+        };
+        Arc::clone(&self.source).execute_query(request, metrics)
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

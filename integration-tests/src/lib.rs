@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod mysql;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

@@ -59,15 +59,24 @@ pub fn postgres_catalog(url: &str) -> DatabaseConfig {
     DatabaseConfig::new(SecretUrl::new(url))
 }
 
-/// A catalog file with the given database catalogs; the first is the default.
+/// A catalog file with the given `postgres` catalogs; the first is the default.
 pub fn catalogs(entries: Vec<(&str, DatabaseConfig)>) -> CatalogsConfig {
+    catalog_file(
+        entries
+            .into_iter()
+            .map(|(n, db)| (n, CatalogConfig::Postgres(db)))
+            .collect(),
+    )
+}
+
+/// A catalog file with the given catalogs; the first is the default.
+pub fn catalog_file(entries: Vec<(&str, CatalogConfig)>) -> CatalogsConfig {
     let mut c = CatalogsConfig {
         default_catalog: entries.first().map(|(n, _)| n.to_string()),
         ..Default::default()
     };
-    for (name, db) in entries {
-        c.catalogs
-            .insert(name.to_string(), CatalogConfig::Postgres(db));
+    for (name, catalog) in entries {
+        c.catalogs.insert(name.to_string(), catalog);
     }
     c
 }

@@ -1,10 +1,6 @@
-//! A PostgreSQL database as a DataFusion catalog: its schemas and tables as
-//! they are, each table a [`PostgresTable`] that plans [`RemoteScanExec`]s.
-//!
-//! Schema and table names are listed when the catalog is registered (for
-//! `information_schema` and Flight SQL metadata) and refreshed whenever a
-//! table is looked up; a table's columns are read from `pg_catalog` each time
-//! a query names it, so new and dropped tables are seen without a restart.
+//! PostgreSQL's side of a [`crate::catalog::DatabaseCatalog`]: listing schemas
+//! and tables from `pg_catalog`, and [`PostgresTable`], which plans
+//! [`RemoteScanExec`]s.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -12,25 +8,22 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{plan_err, DataFusionError, Result};
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::unparser::dialect::PostgreSqlDialect;
-use parking_lot::RwLock;
 use weft_common::config::UnsupportedTypes;
 
-use super::splits::{column_splits, ctid_splits, split_count};
+use super::splits::ctid_splits;
 use super::types::{map_column, quote_ident, PgColumn, WireType};
-use super::{PgError, PostgresSource};
-use crate::filters::PushdownRules;
+use super::PostgresSource;
+use crate::catalog::Listing;
+use crate::error::SourceError;
+use crate::filters::{PushdownRules, SourceSyntax};
 use crate::remote_scan::{RemoteScanExec, RemoteScanSpec};
-
-type Listing = BTreeMap<String, BTreeMap<String, TableType>>;
-/// Objects created in Weft (`CREATE VIEW` in a PostgreSQL schema): they live
-/// in the coordinator, not in the database.
-type LocalObjects = RwLock<HashMap<(String, String), Arc<dyn TableProvider>>>;
+use crate::splits::{column_splits, split_count, split_queries};
 
 const LIST_TABLES: &str = "SELECT n.nspname::text, c.relname::text, c.relkind::text \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -67,34 +60,8 @@ fn table_type(relkind: &str) -> TableType {
     }
 }
 
-/// A PostgreSQL database as a catalog.
-#[derive(Debug)]
-pub struct PostgresCatalog {
-    source: Arc<PostgresSource>,
-    listing: Arc<RwLock<Listing>>,
-    local: Arc<LocalObjects>,
-}
-
-impl PostgresCatalog {
-    /// Lists the database. A database that cannot be reached still gives a
-    /// catalog (empty until the database answers), plus the error to report.
-    pub async fn load(source: Arc<PostgresSource>) -> (Arc<Self>, Option<PgError>) {
-        let catalog = Arc::new(Self {
-            source,
-            listing: Arc::new(RwLock::new(BTreeMap::new())),
-            local: Arc::new(RwLock::new(HashMap::new())),
-        });
-        let error = refresh_listing(&catalog.source, &catalog.listing)
-            .await
-            .err();
-        (catalog, error)
-    }
-}
-
-async fn refresh_listing(
-    source: &Arc<PostgresSource>,
-    listing: &RwLock<Listing>,
-) -> Result<(), PgError> {
+/// The schemas and tables of the database.
+pub(super) async fn list(source: &Arc<PostgresSource>) -> Result<Listing, SourceError> {
     let client = source.client().await?;
     let mut fresh: Listing = BTreeMap::new();
     for row in client
@@ -119,124 +86,7 @@ async fn refresh_listing(
             .insert(table, table_type(&kind));
     }
     client.release();
-    *listing.write() = fresh;
-    Ok(())
-}
-
-impl CatalogProvider for PostgresCatalog {
-    fn schema_names(&self) -> Vec<String> {
-        self.listing.read().keys().cloned().collect()
-    }
-
-    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        // Any name resolves; whether it exists is asked of the database when a
-        // table is looked up, so schemas created later are found too.
-        Some(Arc::new(PostgresSchema {
-            source: Arc::clone(&self.source),
-            schema: name.to_string(),
-            listing: Arc::clone(&self.listing),
-            local: Arc::clone(&self.local),
-        }))
-    }
-}
-
-/// One schema of a PostgreSQL catalog.
-#[derive(Debug)]
-pub struct PostgresSchema {
-    source: Arc<PostgresSource>,
-    schema: String,
-    listing: Arc<RwLock<Listing>>,
-    local: Arc<LocalObjects>,
-}
-
-impl PostgresSchema {
-    fn local(&self, name: &str) -> Option<Arc<dyn TableProvider>> {
-        self.local
-            .read()
-            .get(&(self.schema.clone(), name.to_string()))
-            .cloned()
-    }
-}
-
-#[async_trait]
-impl SchemaProvider for PostgresSchema {
-    fn table_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .listing
-            .read()
-            .get(&self.schema)
-            .map(|t| t.keys().cloned().collect())
-            .unwrap_or_default();
-        names.extend(
-            self.local
-                .read()
-                .keys()
-                .filter(|(s, _)| s == &self.schema)
-                .map(|(_, n)| n.clone()),
-        );
-        names
-    }
-
-    fn register_table(
-        &self,
-        name: String,
-        table: Arc<dyn TableProvider>,
-    ) -> Result<Option<Arc<dyn TableProvider>>> {
-        if self.table_exist(&name) {
-            return plan_err!(
-                "{}.{}.{name} already exists in the database; Weft creates views beside tables, not over them",
-                self.source.catalog,
-                self.schema
-            );
-        }
-        Ok(self
-            .local
-            .write()
-            .insert((self.schema.clone(), name), table))
-    }
-
-    fn deregister_table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self
-            .local
-            .write()
-            .remove(&(self.schema.clone(), name.to_string())))
-    }
-
-    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if let Some(local) = self.local(name) {
-            return Ok(Some(local));
-        }
-        let table = PostgresTable::load(&self.source, &self.schema, name).await?;
-        if table.is_none() {
-            // Keep the listing in step with the database.
-            if let Err(e) = refresh_listing(&self.source, &self.listing).await {
-                tracing::debug!("{e}");
-            }
-        }
-        Ok(table.map(|t| Arc::new(t) as Arc<dyn TableProvider>))
-    }
-
-    async fn table_type(&self, name: &str) -> Result<Option<TableType>> {
-        if let Some(local) = self.local(name) {
-            return Ok(Some(local.table_type()));
-        }
-        Ok(self
-            .listing
-            .read()
-            .get(&self.schema)
-            .and_then(|t| t.get(name))
-            .copied())
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        if self.local(name).is_some() {
-            return true;
-        }
-        self.listing
-            .read()
-            .get(&self.schema)
-            .is_some_and(|t| t.contains_key(name))
-    }
+    Ok(fresh)
 }
 
 /// A PostgreSQL table or view.
@@ -259,7 +109,7 @@ impl PostgresTable {
         source: &Arc<PostgresSource>,
         schema: &str,
         table: &str,
-    ) -> Result<Option<Self>, PgError> {
+    ) -> Result<Option<Self>, SourceError> {
         let client = source.client().await?;
         let info = client
             .query_opt(TABLE_INFO, &[&schema, &table])
@@ -349,6 +199,7 @@ impl PostgresTable {
                 .map(|c| (c.name.clone(), c.data_type.clone()))
                 .collect::<HashMap<_, _>>(),
             string_ranges: self.source.config.string_range_pushdown,
+            syntax: SourceSyntax::POSTGRES,
         }
     }
 
@@ -373,11 +224,12 @@ impl PostgresTable {
                 );
             };
             let preds = column_splits(
-                &column.name,
+                &quote_ident(&column.name),
                 &column.data_type,
                 s.lower_bound.as_deref().unwrap_or_default(),
                 s.upper_bound.as_deref().unwrap_or_default(),
                 s.splits.unwrap_or(1),
+                |d| format!("'{d}'::date"),
             )
             .map_err(|e| {
                 DataFusionError::Plan(format!(
@@ -414,15 +266,7 @@ impl TableProvider for PostgresTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        let rules = self.rules();
-        let dialect = PostgreSqlDialect {};
-        Ok(filters
-            .iter()
-            .map(|f| match rules.render(f, &dialect) {
-                Some(_) => TableProviderFilterPushDown::Exact,
-                None => TableProviderFilterPushDown::Unsupported,
-            })
-            .collect())
+        Ok(self.rules().support(filters, &PostgreSqlDialect {}))
     }
 
     async fn scan(
@@ -453,48 +297,21 @@ impl TableProvider for PostgresTable {
             .iter()
             .map(|&i| self.columns[i].wire.name())
             .collect();
-        let rules = self.rules();
-        let dialect = PostgreSqlDialect {};
-        let mut conditions = Vec::with_capacity(filters.len());
-        for f in filters {
-            match rules.render(f, &dialect) {
-                Some(sql) => conditions.push(sql),
-                None => {
-                    return datafusion::common::internal_err!(
-                        "filter {f} was accepted for pushdown but cannot be rendered"
-                    )
-                }
-            }
-        }
+        let conditions = self.rules().render_all(filters, &PostgreSqlDialect {})?;
         let base = format!("SELECT {select} FROM {}", self.relation_sql());
         let (splits, method) = match limit {
             // A limited read is cheap and must not be cut into pieces.
             Some(_) => (vec![], String::new()),
             None => self.plan_splits(state.config().target_partitions())?,
         };
-        let query_for = |split: Option<&str>| {
-            let mut all: Vec<String> = conditions.clone();
-            if let Some(s) = split {
-                all.push(format!("({s})"));
-            }
-            let mut q = base.clone();
-            if !all.is_empty() {
-                q.push_str(" WHERE ");
-                q.push_str(&all.join(" AND "));
-            }
-            if let Some(n) = limit {
-                q.push_str(&format!(" LIMIT {n}"));
-            }
-            q
-        };
         let (queries, snapshot) = if splits.len() > 1 {
             let snapshot = self.source.export_snapshot().await?;
             (
-                splits.iter().map(|s| query_for(Some(s))).collect(),
+                split_queries(&base, &conditions, &splits, limit),
                 Some(snapshot),
             )
         } else {
-            (vec![query_for(None)], None)
+            (split_queries(&base, &conditions, &[], limit), None)
         };
         let spec = RemoteScanSpec {
             relation: format!("{}.{}", self.schema_name, self.table),
@@ -503,6 +320,7 @@ impl TableProvider for PostgresTable {
             queries,
             snapshot: snapshot.as_ref().map(|s| s.id.clone()),
             split_method: method,
+            split_payloads: vec![],
         };
         let rows = self
             .row_estimate

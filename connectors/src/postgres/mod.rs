@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::metrics::BaselineMetrics;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -24,49 +26,12 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, CopyOutStream, NoTls};
 use weft_common::config::{DatabaseConfig, TlsMode};
 
+use self::catalog::PostgresTable;
 use self::copy::CopyDecoder;
 use self::types::WireType;
-
-/// Why talking to a PostgreSQL catalog failed. Names the catalog and the host,
-/// never the password.
-#[derive(Debug, thiserror::Error)]
-pub enum PgError {
-    #[error("catalog \"{catalog}\": url {url} is not a valid PostgreSQL URL: {reason}")]
-    Url {
-        catalog: String,
-        url: String,
-        reason: String,
-    },
-    #[error("catalog \"{catalog}\": tls = \"require\" is not available in this build of Weft (it has no TLS library); use tls = \"prefer\" or \"disable\", or a TLS-terminating proxy")]
-    TlsUnsupported { catalog: String },
-    #[error("catalog \"{catalog}\": cannot connect to {host} as user \"{user}\": {reason}")]
-    Connect {
-        catalog: String,
-        host: String,
-        user: String,
-        reason: String,
-    },
-    #[error(
-        "catalog \"{catalog}\": connecting to {host} timed out after {secs:.1}s (connect_timeout)"
-    )]
-    ConnectTimeout {
-        catalog: String,
-        host: String,
-        secs: f64,
-    },
-    #[error("catalog \"{catalog}\" ({host}): {message}")]
-    Remote {
-        catalog: String,
-        host: String,
-        message: String,
-    },
-}
-
-impl From<PgError> for DataFusionError {
-    fn from(e: PgError) -> Self {
-        DataFusionError::External(Box::new(e))
-    }
-}
+use crate::catalog::Listing;
+use crate::error::SourceError;
+use crate::{RemoteSource, ScanRequest};
 
 /// The message of a driver error: the server's message with its detail and
 /// hint, or the transport error.
@@ -114,14 +79,15 @@ impl std::fmt::Debug for PostgresSource {
 }
 
 impl PostgresSource {
-    pub fn try_new(catalog: &str, config: DatabaseConfig) -> Result<Self, PgError> {
+    pub fn try_new(catalog: &str, config: DatabaseConfig) -> Result<Self, SourceError> {
         let mut pg: tokio_postgres::Config =
             config
                 .url
                 .expose()
                 .parse()
-                .map_err(|e: tokio_postgres::Error| PgError::Url {
+                .map_err(|e: tokio_postgres::Error| SourceError::Url {
                     catalog: catalog.to_string(),
+                    kind: "PostgreSQL",
                     url: config.url.redacted(),
                     reason: e.to_string(),
                 })?;
@@ -134,7 +100,7 @@ impl PostgresSource {
                 pg.ssl_mode(SslMode::Prefer);
             }
             TlsMode::Require => {
-                return Err(PgError::TlsUnsupported {
+                return Err(SourceError::TlsUnsupported {
                     catalog: catalog.to_string(),
                 })
             }
@@ -160,8 +126,8 @@ impl PostgresSource {
     }
 
     /// An error from running SQL on this catalog.
-    pub fn remote_error(&self, e: &tokio_postgres::Error) -> PgError {
-        PgError::Remote {
+    pub fn remote_error(&self, e: &tokio_postgres::Error) -> SourceError {
+        SourceError::Remote {
             catalog: self.catalog.clone(),
             host: self.host.clone(),
             message: pg_message(e),
@@ -169,19 +135,19 @@ impl PostgresSource {
     }
 
     /// A new connection, not from the pool.
-    async fn connect_raw(&self) -> Result<(Client, JoinHandle<()>), PgError> {
+    async fn connect_raw(&self) -> Result<(Client, JoinHandle<()>), SourceError> {
         let timeout = self.config.connect_timeout;
         let connecting = self.pg.connect(NoTls);
         let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => {
-                return Err(PgError::ConnectTimeout {
+                return Err(SourceError::ConnectTimeout {
                     catalog: self.catalog.clone(),
                     host: self.host.clone(),
                     secs: timeout.as_secs_f64(),
                 })
             }
             Ok(Err(e)) => {
-                return Err(PgError::Connect {
+                return Err(SourceError::Connect {
                     catalog: self.catalog.clone(),
                     host: self.host.clone(),
                     user: self.user.clone(),
@@ -202,7 +168,7 @@ impl PostgresSource {
     }
 
     /// A pooled connection (an idle one, or a new one).
-    pub async fn client(self: &Arc<Self>) -> Result<PooledClient, PgError> {
+    pub async fn client(self: &Arc<Self>) -> Result<PooledClient, SourceError> {
         loop {
             let candidate = self.idle.lock().pop();
             match candidate {
@@ -230,7 +196,7 @@ impl PostgresSource {
     /// Opens a transaction on a dedicated connection and exports its snapshot,
     /// so that several split reads see the same data. The snapshot stays
     /// importable while the returned value lives.
-    pub async fn export_snapshot(&self) -> Result<ExportedSnapshot, PgError> {
+    pub async fn export_snapshot(&self) -> Result<ExportedSnapshot, SourceError> {
         let (client, driver) = self.connect_raw().await?;
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -289,6 +255,57 @@ impl PostgresSource {
             schema,
             stream.boxed(),
         )))
+    }
+}
+
+#[async_trait]
+impl RemoteSource for PostgresSource {
+    fn catalog(&self) -> &str {
+        &self.catalog
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn list(self: Arc<Self>) -> Result<Listing, SourceError> {
+        catalog::list(&self).await
+    }
+
+    async fn table(
+        self: Arc<Self>,
+        schema: &str,
+        name: &str,
+    ) -> Result<Option<Arc<dyn TableProvider>>, SourceError> {
+        Ok(PostgresTable::load(&self, schema, name)
+            .await?
+            .map(|t| Arc::new(t) as Arc<dyn TableProvider>))
+    }
+
+    fn execute_query(
+        self: Arc<Self>,
+        request: ScanRequest,
+        metrics: BaselineMetrics,
+    ) -> Result<SendableRecordBatchStream> {
+        let wire = request
+            .wire_types
+            .iter()
+            .map(|w| {
+                WireType::parse(w).ok_or_else(|| {
+                    DataFusionError::Internal(format!(
+                        "unknown PostgreSQL wire type {w:?} (coordinator and worker versions differ?)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.scan(
+            request.query,
+            request.snapshot,
+            request.schema,
+            wire,
+            request.batch_size,
+            metrics,
+        )
     }
 }
 
@@ -369,12 +386,12 @@ struct ScanState {
 }
 
 impl ScanState {
-    async fn start(&mut self) -> Result<(), PgError> {
+    async fn start(&mut self) -> Result<(), SourceError> {
         let client = self.source.client().await?;
         if let Some(snapshot) = &self.snapshot {
             // Snapshot ids are generated by the server ("00000003-0000001B-1").
             if !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-                return Err(PgError::Remote {
+                return Err(SourceError::Remote {
                     catalog: self.source.catalog.clone(),
                     host: self.source.host.clone(),
                     message: format!("invalid snapshot id {snapshot:?}"),
@@ -401,7 +418,7 @@ impl ScanState {
             self.start().await?;
         }
         let decode_err = |source: &PostgresSource, e: String| {
-            DataFusionError::External(Box::new(PgError::Remote {
+            DataFusionError::External(Box::new(SourceError::Remote {
                 catalog: source.catalog.clone(),
                 host: source.host.clone(),
                 message: format!("cannot decode COPY data: {e}"),

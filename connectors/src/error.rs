@@ -1,0 +1,45 @@
+//! [`SourceError`]: why talking to a source database failed.
+
+use datafusion::error::DataFusionError;
+
+/// Why talking to a database catalog failed. Names the catalog and the host,
+/// never the password.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("catalog \"{catalog}\": url {url} is not a valid {kind} URL: {reason}")]
+    Url {
+        catalog: String,
+        kind: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("catalog \"{catalog}\": tls = \"require\" is not available in this build of Weft (it has no TLS library); use tls = \"prefer\" or \"disable\", or a TLS-terminating proxy")]
+    TlsUnsupported { catalog: String },
+    #[error("catalog \"{catalog}\": cannot connect to {host} as user \"{user}\": {reason}")]
+    Connect {
+        catalog: String,
+        host: String,
+        user: String,
+        reason: String,
+    },
+    #[error(
+        "catalog \"{catalog}\": connecting to {host} timed out after {secs:.1}s (connect_timeout)"
+    )]
+    ConnectTimeout {
+        catalog: String,
+        host: String,
+        secs: f64,
+    },
+    #[error("catalog \"{catalog}\" ({host}): {message}")]
+    Remote {
+        catalog: String,
+        host: String,
+        message: String,
+    },
+}
+
+impl From<SourceError> for DataFusionError {
+    fn from(e: SourceError) -> Self {
+        DataFusionError::External(Box::new(e))
+    }
+}

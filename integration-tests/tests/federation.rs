@@ -1,0 +1,235 @@
+//! Federation across real databases (started by `scripts/test.sh`): the
+//! jaffle_shop data mesh with customers in one PostgreSQL database, orders in
+//! MariaDB and payments in a second PostgreSQL database, joined through a
+//! 2-worker cluster, against the same queries run by one PostgreSQL database
+//! holding all three tables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_common::config::CatalogConfig;
+use weft_integration_tests::pg::{
+    batch_rows, catalog_file, connect, create_database, pg_rows, postgres_catalog, same_rows,
+};
+use weft_integration_tests::{mysql, ClusterOptions, TestCluster};
+
+/// The rows of a jaffle CSV file (header dropped).
+fn jaffle(file: &str) -> Vec<Vec<String>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data/jaffle")
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("jaffle data");
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').map(|c| c.trim().to_string()).collect())
+        .collect()
+}
+
+/// `INSERT INTO table VALUES ...` with every cell quoted except `numeric`
+/// columns.
+fn insert_sql(table: &str, rows: &[Vec<String>], numeric: &[usize]) -> String {
+    let values: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if numeric.contains(&i) {
+                        c.clone()
+                    } else {
+                        format!("'{}'", c.replace('\'', "''"))
+                    }
+                })
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect();
+    format!("INSERT INTO {table} VALUES {}", values.join(", "))
+}
+
+const CUSTOMERS_DDL: &str =
+    "CREATE TABLE customers (id integer PRIMARY KEY, first_name varchar(50), last_name varchar(50))";
+const ORDERS_DDL: &str =
+    "CREATE TABLE orders (id integer PRIMARY KEY, user_id integer, order_date date, status varchar(20))";
+const PAYMENTS_DDL: &str = "CREATE TABLE payments (id integer PRIMARY KEY, order_id integer, payment_method varchar(20), amount integer)";
+
+/// Queries over `{customers}`, `{orders}` and `{payments}`.
+const QUERIES: [&str; 3] = [
+    // Customer lifetime value: a three-way join and an aggregate.
+    "SELECT c.id, c.first_name, c.last_name, count(DISTINCT o.id) AS orders, \
+            min(o.order_date) AS first_order, sum(p.amount) AS lifetime_cents, \
+            sum(CASE WHEN p.payment_method = 'credit_card' THEN p.amount ELSE 0 END) AS card_cents \
+     FROM {customers} c JOIN {orders} o ON o.user_id = c.id JOIN {payments} p ON p.order_id = o.id \
+     WHERE o.status <> 'returned' AND p.amount > 0 \
+     GROUP BY c.id, c.first_name, c.last_name",
+    // Customers without orders survive a left join.
+    "SELECT c.id, c.last_name, count(o.id) AS orders, coalesce(sum(p.amount), 0) AS cents \
+     FROM {customers} c LEFT JOIN {orders} o ON o.user_id = c.id \
+          LEFT JOIN {payments} p ON p.order_id = o.id \
+     GROUP BY c.id, c.last_name",
+    // Payment methods per order status and month, from 2018-02 on.
+    "SELECT o.status, extract(month FROM o.order_date) AS month, p.payment_method, \
+            count(*) AS payments, sum(p.amount) AS cents \
+     FROM {orders} o JOIN {payments} p ON p.order_id = o.id \
+     WHERE o.order_date >= DATE '2018-02-01' \
+     GROUP BY o.status, extract(month FROM o.order_date), p.payment_method",
+];
+
+fn render(query: &str, customers: &str, orders: &str, payments: &str) -> String {
+    query
+        .replace("{customers}", customers)
+        .replace("{orders}", orders)
+        .replace("{payments}", payments)
+}
+
+/// Customers in PostgreSQL, orders in MariaDB, payments in a second
+/// PostgreSQL database: the joins and aggregates through a 2-worker cluster
+/// equal one PostgreSQL database holding all three tables, and EXPLAIN shows
+/// one remote scan per catalog, each with its own filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jaffle_data_mesh_across_postgres_and_mariadb() {
+    let customers = jaffle("raw_customers.csv");
+    let orders = jaffle("raw_orders.csv");
+    let payments = jaffle("raw_payments.csv");
+    assert_eq!(
+        (customers.len(), orders.len(), payments.len()),
+        (100, 99, 113)
+    );
+
+    let crm_url = create_database("weft_crm").await.expect("crm database");
+    let crm = connect(&crm_url).await.expect("connect crm");
+    crm.batch_execute(CUSTOMERS_DDL).await.expect("customers");
+    crm.batch_execute(&insert_sql("customers", &customers, &[0]))
+        .await
+        .expect("load customers");
+
+    let billing_url = create_database("weft_billing")
+        .await
+        .expect("billing database");
+    let billing = connect(&billing_url).await.expect("connect billing");
+    billing.batch_execute(PAYMENTS_DDL).await.expect("payments");
+    billing
+        .batch_execute(&insert_sql("payments", &payments, &[0, 1, 3]))
+        .await
+        .expect("load payments");
+
+    let shop_url = mysql::create_database("weft_shop")
+        .await
+        .expect("shop database");
+    let shop_db = shop_url.rsplit('/').next().unwrap().to_string();
+    let mut shop = mysql::connect(&shop_url).await.expect("connect shop");
+    mysql::execute(&mut shop, ORDERS_DDL).await.expect("orders");
+    mysql::execute(&mut shop, &insert_sql("orders", &orders, &[0, 1]))
+        .await
+        .expect("load orders");
+
+    // The reference: all three tables in one PostgreSQL database.
+    let all_url = create_database("weft_all")
+        .await
+        .expect("reference database");
+    let all = connect(&all_url).await.expect("connect reference");
+    for (ddl, table, rows, numeric) in [
+        (CUSTOMERS_DDL, "customers", &customers, &[0][..]),
+        (ORDERS_DDL, "orders", &orders, &[0, 1][..]),
+        (PAYMENTS_DDL, "payments", &payments, &[0, 1, 3][..]),
+    ] {
+        all.batch_execute(ddl).await.expect("reference table");
+        all.batch_execute(&insert_sql(table, rows, numeric))
+            .await
+            .expect("load reference");
+    }
+
+    let catalogs = catalog_file(vec![
+        ("crm", CatalogConfig::Postgres(postgres_catalog(&crm_url))),
+        ("shop", CatalogConfig::Mysql(postgres_catalog(&shop_url))),
+        (
+            "billing",
+            CatalogConfig::Postgres(postgres_catalog(&billing_url)),
+        ),
+    ]);
+    let cluster = tokio::time::timeout(
+        Duration::from_secs(60),
+        TestCluster::start(
+            2,
+            ClusterOptions {
+                catalogs,
+                target_partitions: Some(4),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("cluster start timed out")
+    .expect("cluster starts");
+
+    let shop_orders = format!("shop.{shop_db}.orders");
+    let mut failures = Vec::new();
+    for (i, q) in QUERIES.iter().enumerate() {
+        let want = pg_rows(&all, &render(q, "customers", "orders", "payments"))
+            .await
+            .expect("reference query");
+        let federated = render(
+            q,
+            "crm.public.customers",
+            &shop_orders,
+            "billing.public.payments",
+        );
+        match cluster.query(&federated).await {
+            Ok(batches) => {
+                let got = batch_rows(&batches);
+                assert!(!got.is_empty(), "query {i} returns rows");
+                if let Err(e) = same_rows(&got, &want) {
+                    failures.push(format!("query {i}: {e}"));
+                }
+            }
+            Err(e) => failures.push(format!("query {i} failed: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Each source gets its own scan with the filters it can evaluate.
+    let plan = batch_rows(
+        &cluster
+            .query(&format!(
+                "EXPLAIN {}",
+                render(
+                    QUERIES[2],
+                    "crm.public.customers",
+                    &shop_orders,
+                    "billing.public.payments"
+                )
+                .replace("WHERE", "WHERE p.amount > 1000 AND")
+            ))
+            .await
+            .expect("explain"),
+    )
+    .into_iter()
+    .map(|r| r.join(" "))
+    .collect::<Vec<_>>()
+    .join("\n");
+    let scans: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.contains("RemoteScanExec"))
+        .collect();
+    assert_eq!(scans.len(), 2, "one remote scan per catalog:\n{plan}");
+    let mysql_scan = scans
+        .iter()
+        .find(|l| l.contains("catalog=shop"))
+        .expect("shop scan");
+    assert!(
+        mysql_scan.contains("kind=mysql")
+            && mysql_scan.contains("WHERE (`order_date` >= ")
+            && mysql_scan.contains("FROM `weft_shop_"),
+        "the order date filter runs in MariaDB:\n{plan}"
+    );
+    let pg_scan = scans
+        .iter()
+        .find(|l| l.contains("catalog=billing"))
+        .expect("billing scan");
+    assert!(
+        pg_scan.contains("kind=postgres") && pg_scan.contains(r#"WHERE ("amount" > 1000)"#),
+        "the amount filter runs in PostgreSQL:\n{plan}"
+    );
+}
