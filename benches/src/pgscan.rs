@@ -72,7 +72,7 @@ async fn weft_scan(url: &str, splits: usize) -> anyhow::Result<usize> {
     let (connectors, errors) = Connectors::from_config(&catalogs);
     anyhow::ensure!(errors.is_empty(), "{errors:?}");
     let ctx = SessionContext::new_with_config(weft_session_config(splits));
-    for e in connectors.register(&ctx).await {
+    if let Some(e) = connectors.register(&ctx).await.into_iter().next() {
         anyhow::bail!("{e}");
     }
     let plan = ctx

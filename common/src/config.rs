@@ -174,6 +174,9 @@ pub struct DatabaseConfig {
     pub tables: BTreeMap<String, TableSplitConfig>,
     /// Flight SQL: the server's catalog whose schemas this catalog shows.
     pub remote_catalog: Option<String>,
+    /// Send whole single-database sub-plans (joins, aggregates, top-N) to
+    /// the database as one query.
+    pub query_pushdown: bool,
 }
 
 impl DatabaseConfig {
@@ -188,6 +191,7 @@ impl DatabaseConfig {
             string_range_pushdown: false,
             tables: BTreeMap::new(),
             remote_catalog: None,
+            query_pushdown: true,
         }
     }
 }
@@ -371,6 +375,7 @@ fn parse_database(
             "unsupported_types",
             "split_size",
             "string_range_pushdown",
+            "query_pushdown",
             "tables",
         ]
     };
@@ -435,6 +440,16 @@ fn parse_database(
         Some(other) => {
             return Err(field_err(
                 "string_range_pushdown",
+                format!("expected true or false, found {other}"),
+            ))
+        }
+    }
+    match table.get("query_pushdown") {
+        None => {}
+        Some(toml::Value::Boolean(b)) => config.query_pushdown = *b,
+        Some(other) => {
+            return Err(field_err(
+                "query_pushdown",
                 format!("expected true or false, found {other}"),
             ))
         }

@@ -31,13 +31,39 @@ pub struct PushdownRules {
     pub syntax: SourceSyntax,
 }
 
+/// Casts a source's SQL can express.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Casts {
+    /// Every widening cast.
+    Any,
+    /// Only to 32/64-bit integers and decimals (MySQL's `SIGNED`, `DECIMAL`).
+    IntegerAndDecimal,
+    None,
+}
+
+impl Casts {
+    pub(crate) fn allows(self, to: &DataType) -> bool {
+        match self {
+            Casts::Any => true,
+            Casts::IntegerAndDecimal => {
+                matches!(
+                    to,
+                    DataType::Int32 | DataType::Int64 | DataType::Decimal128(..)
+                )
+            }
+            Casts::None => false,
+        }
+    }
+}
+
 /// The SQL features a source shares with DataFusion.
 #[derive(Debug, Clone, Copy)]
 pub struct SourceSyntax {
     /// Functions with the same result in DataFusion and the source.
     pub functions: &'static [&'static str],
-    /// `CAST` to the types DataFusion's unparser names.
-    pub casts: bool,
+    /// Which widening `CAST`s the source understands as the unparser writes
+    /// them.
+    pub casts: Casts,
     /// `IS [NOT] DISTINCT FROM`.
     pub distinct_from: bool,
 }
@@ -54,17 +80,18 @@ impl SourceSyntax {
             "character_length",
             "coalesce",
         ],
-        casts: true,
+        casts: Casts::Any,
         distinct_from: true,
     };
     /// Any SQL engine (Flight SQL servers): the standard's own functions only.
     pub const STANDARD: Self = Self {
         functions: &["lower", "upper", "abs", "coalesce", "character_length"],
-        casts: false,
+        casts: Casts::None,
         distinct_from: true,
     };
     /// MySQL and MariaDB: no `btrim`, no `IS DISTINCT FROM`, and `CAST` knows
-    /// only `SIGNED`/`DECIMAL`/`CHAR`/... (not `BIGINT`).
+    /// only `SIGNED`/`DECIMAL`/`CHAR`/... (not `SMALLINT` or `DOUBLE
+    /// PRECISION`).
     pub const MYSQL: Self = Self {
         functions: &[
             "lower",
@@ -75,7 +102,7 @@ impl SourceSyntax {
             "character_length",
             "coalesce",
         ],
-        casts: false,
+        casts: Casts::IntegerAndDecimal,
         distinct_from: false,
     };
 }
@@ -199,7 +226,7 @@ impl PushdownRules {
                     Expr::Column(col) => self.columns.get(&col.name),
                     _ => None,
                 };
-                self.syntax.casts
+                self.syntax.casts.allows(c.field.data_type())
                     && from.is_some_and(|from| widening(from, c.field.data_type()))
                     && self.supported(&c.expr)
             }
@@ -212,7 +239,7 @@ impl PushdownRules {
     }
 }
 
-fn literal_supported(v: &ScalarValue) -> bool {
+pub(crate) fn literal_supported(v: &ScalarValue) -> bool {
     match v {
         ScalarValue::Boolean(_)
         | ScalarValue::Int8(_)
@@ -234,7 +261,7 @@ fn literal_supported(v: &ScalarValue) -> bool {
 }
 
 /// Casts that cannot change a value (so the source may apply them).
-fn widening(from: &DataType, to: &DataType) -> bool {
+pub(crate) fn widening(from: &DataType, to: &DataType) -> bool {
     use DataType::*;
     let int_rank = |t: &DataType| match t {
         Int16 => Some(16),

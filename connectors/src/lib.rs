@@ -33,6 +33,7 @@ pub mod filters;
 pub mod flightsql;
 pub mod mysql;
 pub mod postgres;
+pub mod pushdown;
 pub mod remote_scan;
 pub mod splits;
 
@@ -53,6 +54,7 @@ use weft_common::config::{CatalogConfig, CatalogsConfig};
 pub use catalog::DatabaseCatalog;
 pub use codec::ConnectorCodec;
 pub use error::SourceError;
+pub use pushdown::QueryPushdown;
 pub use remote_scan::{RemoteScanExec, RemoteScanSpec};
 
 use crate::catalog::Listing;
@@ -91,6 +93,11 @@ pub trait RemoteSource: Debug + Send + Sync + 'static {
         schema: &str,
         name: &str,
     ) -> Result<Option<Arc<dyn TableProvider>>, SourceError>;
+    /// Checks that the source accepts `sql` without running it (for
+    /// generated queries); sources that cannot check accept everything.
+    async fn validate(self: Arc<Self>, _sql: &str) -> Result<(), SourceError> {
+        Ok(())
+    }
     /// Streams the rows of one split.
     fn execute_query(
         self: Arc<Self>,

@@ -93,6 +93,8 @@ impl Coordinator {
         for e in register_catalogs(&ctx, &config.catalogs).await {
             tracing::error!("{e}; the other catalogs stay available");
         }
+        // Whole single-database sub-plans go to the database as one query.
+        ctx.add_optimizer_rule(Arc::new(weft_connectors::QueryPushdown));
         let (connectors, errors) = Connectors::from_config(&config.catalogs);
         for e in errors.into_iter().chain(connectors.register(&ctx).await) {
             tracing::error!("{e}; the other catalogs stay available");

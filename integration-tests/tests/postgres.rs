@@ -67,6 +67,12 @@ async fn tpch_through_postgres_catalog_matches_postgres() {
     let mut failures = Vec::new();
     for q in 1..=22 {
         let text = tpch_query(q);
+        if std::env::var_os("WEFT_SHOW_PLANS").is_some() {
+            eprintln!(
+                "q{q}:\n{}",
+                explain(&cluster, &split_statements(&text)[0]).await
+            );
+        }
         eprintln!("q{q}");
         let want = pg_rows(&client, &text)
             .await
@@ -382,5 +388,103 @@ async fn errors_name_catalog_and_host_but_never_the_password() {
     let plan = explain(&cluster, "SELECT * FROM good.public.ok").await;
     for text in [&e, &plan] {
         assert!(!text.contains(&password), "password leaked: {text}");
+    }
+}
+
+/// A join + aggregate over one PostgreSQL catalog runs there as one query
+/// (one remote scan whose SQL has the join and the GROUP BY); a top-N goes
+/// with its ORDER BY / LIMIT; what PostgreSQL would compute differently
+/// (division, string ordering) keeps the work in Weft. Results equal
+/// PostgreSQL's own either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_catalog_sub_plans_run_as_one_remote_query() {
+    let url = create_database("weft_push").await.expect("create database");
+    let client = connect(&url).await.expect("connect");
+    client
+        .batch_execute(
+            "CREATE TABLE customers (id integer PRIMARY KEY, name text, segment char(10));
+             CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer, amount numeric(10,2), placed date);
+             INSERT INTO customers SELECT g, 'customer ' || g, CASE WHEN g % 3 = 0 THEN 'BUILDING' ELSE 'MACHINERY' END
+               FROM generate_series(1, 200) g;
+             INSERT INTO orders SELECT g, 1 + g % 150, (g % 97) * 1.25, DATE '2024-01-01' + (g % 300)
+               FROM generate_series(1, 5000) g;
+             ANALYZE customers; ANALYZE orders;",
+        )
+        .await
+        .expect("create tables");
+    let cluster = cluster(ClusterOptions {
+        catalogs: catalogs(vec![("pg", postgres_catalog(&url))]),
+        target_partitions: Some(4),
+        ..Default::default()
+    })
+    .await;
+
+    let pushed = [
+        // Join + aggregate.
+        "SELECT c.segment, count(*) AS n, sum(o.amount) AS total, min(o.placed) AS first \
+         FROM customers c JOIN orders o ON o.customer_id = c.id \
+         WHERE o.amount > 10 GROUP BY c.segment",
+        // Left join, aggregate over a filtered side.
+        "SELECT c.id, count(o.placed) AS n FROM customers c \
+         LEFT JOIN orders o ON o.customer_id = c.id AND o.placed >= DATE '2024-06-01' \
+         GROUP BY c.id",
+        // Top-N.
+        "SELECT id, amount FROM orders WHERE placed < DATE '2024-03-01' ORDER BY amount DESC, id LIMIT 7",
+    ];
+    for sql in pushed {
+        let plan = explain(&cluster, sql).await;
+        let scans: Vec<&str> = plan
+            .lines()
+            .filter(|l| l.contains("RemoteScanExec"))
+            .collect();
+        assert_eq!(scans.len(), 1, "one remote query for {sql}:\n{plan}");
+        assert!(scans[0].contains("relation=query, splits=1"), "{plan}");
+        let want = pg_rows(&client, sql).await.expect("PostgreSQL runs it");
+        let got = weft_rows(&cluster, sql).await.expect("Weft runs it");
+        same_rows(&got, &want).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        if sql.contains("ORDER BY") {
+            assert_eq!(got.len(), 7);
+            assert!(
+                scans[0].contains("ORDER BY") && scans[0].contains("LIMIT 7"),
+                "{plan}"
+            );
+            let want_ids: Vec<&String> = want.iter().map(|r| &r[0]).collect();
+            let got_ids: Vec<&String> = got.iter().map(|r| &r[0]).collect();
+            assert_eq!(got_ids, want_ids, "top-N order");
+        } else {
+            assert!(scans[0].contains("JOIN"), "{plan}");
+            assert!(scans[0].contains("GROUP BY"), "{plan}");
+        }
+    }
+    let first = explain(&cluster, pushed[0]).await;
+    assert!(
+        first.contains(r#"FROM "public"."customers""#),
+        "remote table names:\n{first}"
+    );
+    assert!(
+        !first.contains(r#""pg"."#),
+        "no Weft catalog names in remote SQL:\n{first}"
+    );
+
+    // Division and string ordering stay in Weft, above the part that the
+    // database runs (the join, and the aggregate when it can).
+    for (sql, kept) in [
+        (
+            "SELECT c.segment, sum(o.amount) / count(*) AS avg_amount FROM customers c \
+             JOIN orders o ON o.customer_id = c.id GROUP BY c.segment",
+            " / ",
+        ),
+        (
+            "SELECT max(c.name) AS last_name, count(*) AS n FROM customers c JOIN orders o ON o.customer_id = c.id",
+            "max(",
+        ),
+    ] {
+        let plan = explain(&cluster, sql).await;
+        let scans: Vec<&str> = plan.lines().filter(|l| l.contains("RemoteScanExec")).collect();
+        assert_eq!(scans.len(), 1, "the join runs in PostgreSQL for {sql}:\n{plan}");
+        assert!(scans[0].contains("JOIN") && !scans[0].contains(kept), "{kept} stays in Weft:\n{plan}");
+        let want = pg_rows(&client, sql).await.expect("PostgreSQL runs it");
+        let got = weft_rows(&cluster, sql).await.expect("Weft runs it");
+        same_rows(&got, &want).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }

@@ -176,6 +176,27 @@ impl MysqlTable {
         }
     }
 
+    /// What the whole-query pushdown needs to know about this table.
+    pub fn query_info(&self) -> crate::pushdown::QueryTableInfo {
+        crate::pushdown::QueryTableInfo {
+            source: Arc::clone(&self.source) as _,
+            dialect: crate::pushdown::QueryDialect::Mysql,
+            trust_strings: self.source.config.string_range_pushdown,
+            enabled: self.source.config.query_pushdown,
+            opaque_columns: self
+                .columns
+                .iter()
+                .filter(|c| c.as_text)
+                .map(|c| c.name.clone())
+                .collect(),
+        }
+    }
+
+    /// The table's name in the database: database, table.
+    pub fn remote_name(&self) -> Vec<String> {
+        vec![self.schema_name.clone(), self.table.clone()]
+    }
+
     fn relation_sql(&self) -> String {
         format!(
             "{}.{}",

@@ -337,6 +337,17 @@ impl RemoteSource for MysqlSource {
             .map(|t| Arc::new(t) as Arc<dyn TableProvider>))
     }
 
+    async fn validate(self: Arc<Self>, sql: &str) -> Result<(), SourceError> {
+        let mut conn = self.conn().await?;
+        // A prepared statement is parsed and resolved, not run.
+        let statement = conn.prep(sql).await.map_err(|e| self.remote_error(&e))?;
+        conn.close(statement)
+            .await
+            .map_err(|e| self.remote_error(&e))?;
+        self.release(conn);
+        Ok(())
+    }
+
     fn execute_query(
         self: Arc<Self>,
         request: ScanRequest,

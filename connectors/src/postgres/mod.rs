@@ -282,6 +282,17 @@ impl RemoteSource for PostgresSource {
             .map(|t| Arc::new(t) as Arc<dyn TableProvider>))
     }
 
+    async fn validate(self: Arc<Self>, sql: &str) -> Result<(), SourceError> {
+        let client = self.client().await?;
+        // Parse and bind only: PostgreSQL resolves every name and type.
+        client
+            .prepare(sql)
+            .await
+            .map_err(|e| self.remote_error(&e))?;
+        client.release();
+        Ok(())
+    }
+
     fn execute_query(
         self: Arc<Self>,
         request: ScanRequest,
