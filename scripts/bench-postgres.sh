@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# PostgreSQL scan benchmark on a private PostgreSQL: starts one on a free
-# port (data in a temporary directory), runs `weft-bench pgscan` against it
-# (TPC-H lineitem, SF1 by default), stops it. Arguments go to `pgscan`.
+# PostgreSQL benchmarks on a private PostgreSQL: starts one on a free port
+# (data in a temporary directory), runs `weft-bench pgscan` (scan throughput
+# of TPC-H lineitem) or `weft-bench fedjoin` (cross-database joins vs
+# postgres_fdw) against it, SF1 by default, stops it.
+#
+#   scripts/bench-postgres.sh pgscan [--splits 4] [--iterations 3]
+#   scripts/bench-postgres.sh fedjoin [--iterations 3]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -16,4 +20,6 @@ fi
 work=$(mktemp -d -t weft-bench-XXXXXX)
 trap 'pg_stop "$work/pg"; rm -rf "$work"' EXIT INT TERM
 pg_start "$work/pg"
-cargo run --profile bench-release -p weft-benches -- pgscan --pg-url "$PG_URL" "$@"
+bench=${1:-pgscan}
+shift || true
+cargo run --profile bench-release -p weft-benches -- "$bench" --pg-url "$PG_URL" "$@"

@@ -5,9 +5,11 @@
 //! ```text
 //! cargo run --profile bench-release -p weft-benches -- tpch --scale 1
 //! cargo run --profile bench-release -p weft-benches -- latency
-//! scripts/bench-postgres.sh      # pgscan against a private PostgreSQL
+//! scripts/bench-postgres.sh pgscan     # PostgreSQL scan throughput
+//! scripts/bench-postgres.sh fedjoin    # cross-database joins vs postgres_fdw
 //! ```
 
+mod fedjoin;
 mod pgscan;
 
 use std::path::PathBuf;
@@ -62,6 +64,21 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         iterations: usize,
     },
+    /// Cross-database TPC-H joins over two PostgreSQL databases: Weft vs
+    /// postgres_fdw.
+    Fedjoin {
+        /// Admin URL of a PostgreSQL server (two databases are created in it).
+        #[arg(long, env = "WEFT_BENCH_PG")]
+        pg_url: String,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+    },
     /// Round trip of `SELECT 1` through Flight SQL.
     Latency {
         #[arg(long, default_value_t = 500)]
@@ -106,6 +123,13 @@ async fn main() -> anyhow::Result<()> {
             splits,
             iterations,
         } => pgscan::pgscan(pg_url, scale, data, splits, iterations).await,
+        Cmd::Fedjoin {
+            pg_url,
+            scale,
+            data,
+            workers,
+            iterations,
+        } => fedjoin::fedjoin(pg_url, scale, data, workers, iterations).await,
     }
 }
 

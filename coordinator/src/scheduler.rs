@@ -105,7 +105,11 @@ pub async fn launch_all(
             message: e.to_string(),
         };
         let mut launches = Vec::with_capacity(stage.tasks);
-        for t in 0..stage.tasks {
+        for (t, worker) in placement[stage.id as usize]
+            .iter()
+            .enumerate()
+            .take(stage.tasks)
+        {
             let plan = stage.task_plan(t).map_err(encode_err)?;
             let plan =
                 bind_readers(plan, &|s| locations[s as usize].clone()).map_err(encode_err)?;
@@ -127,7 +131,6 @@ pub async fn launch_all(
                 session_options: options.clone().into_iter().collect(),
                 compression: compression.to_string(),
             };
-            let worker = &placement[stage.id as usize][t];
             let expected = stage.task_outputs(t);
             launches.push(async move {
                 let result = clients
