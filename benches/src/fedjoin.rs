@@ -175,6 +175,11 @@ pub(crate) async fn fedjoin(
     for q in QUERIES {
         let text = tpch_query(q);
         let federated = qualify(&text);
+        if std::env::var_os("WEFT_SHOW_PLANS").is_some() {
+            for b in cluster.query(&format!("EXPLAIN {federated}")).await? {
+                eprintln!("{}", arrow::util::pretty::pretty_format_batches(&[b])?);
+            }
+        }
         let (mut weft, mut fdw) = (Duration::MAX, Duration::MAX);
         let (mut weft_rows, mut fdw_rows) = (Vec::new(), Vec::new());
         for _ in 0..iterations.max(1) {

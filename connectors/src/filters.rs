@@ -11,7 +11,7 @@
 //! blanks) or that are read through `::text`, other functions, and anything
 //! the unparser cannot render.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -27,6 +27,11 @@ pub struct PushdownRules {
     pub columns: HashMap<String, DataType>,
     /// Push `<`, `>`, `BETWEEN` on strings (collation dependent).
     pub string_ranges: bool,
+    /// Blank-padded `char(n)` columns, not in `columns`: the database
+    /// ignores trailing blanks when comparing them, Weft reads them
+    /// without. Pushed only as `=`, `<>` or `IN` against literals that do
+    /// not end in a blank, where both agree.
+    pub padded: HashSet<String>,
     /// What the source's SQL has beyond comparisons and boolean logic.
     pub syntax: SourceSyntax,
 }
@@ -176,6 +181,9 @@ impl PushdownRules {
     }
 
     fn supported(&self, expr: &Expr) -> bool {
+        if padded_comparison(expr, &self.padded) {
+            return true;
+        }
         match expr {
             Expr::Column(c) => self.columns.contains_key(&c.name),
             Expr::Literal(v, _) => literal_supported(v),
@@ -239,6 +247,22 @@ impl PushdownRules {
     }
 }
 
+/// `col = 'x'`, `col <> 'x'` or `col IN ('x', ...)` on a blank-padded column
+/// with literals that do not end in a blank.
+pub(crate) fn padded_comparison(expr: &Expr, padded: &HashSet<String>) -> bool {
+    let is_padded = |e: &Expr| matches!(e, Expr::Column(c) if padded.contains(&c.name));
+    let plain_literal =
+        |e: &Expr| matches!(e, Expr::Literal(ScalarValue::Utf8(Some(s)), _) if !s.ends_with(' '));
+    match expr {
+        Expr::BinaryExpr(b) if matches!(b.op, Operator::Eq | Operator::NotEq) => {
+            (is_padded(&b.left) && plain_literal(&b.right))
+                || (is_padded(&b.right) && plain_literal(&b.left))
+        }
+        Expr::InList(l) => is_padded(&l.expr) && l.list.iter().all(plain_literal),
+        _ => false,
+    }
+}
+
 pub(crate) fn literal_supported(v: &ScalarValue) -> bool {
     match v {
         ScalarValue::Boolean(_)
@@ -297,6 +321,7 @@ mod tests {
             .into_iter()
             .collect(),
             string_ranges,
+            padded: ["flag".to_string()].into_iter().collect(),
             syntax: SourceSyntax::POSTGRES,
         }
     }
@@ -313,6 +338,19 @@ mod tests {
         assert!(r
             .render(&col("id").in_list(vec![lit(1), lit(2)], false), &d)
             .is_some());
+    }
+
+    #[test]
+    fn padded_columns_only_in_equality_with_plain_literals() {
+        let d = PostgreSqlDialect {};
+        let r = rules(false);
+        assert!(r.render(&col("flag").eq(lit("R")), &d).is_some());
+        assert!(r
+            .render(&col("flag").in_list(vec![lit("A"), lit("F")], false), &d)
+            .is_some());
+        assert!(r.render(&col("flag").eq(lit("R ")), &d).is_none());
+        assert!(r.render(&col("flag").lt(lit("R")), &d).is_none());
+        assert!(r.render(&col("flag").like(lit("R%")), &d).is_none());
     }
 
     #[test]

@@ -569,6 +569,7 @@ impl FlightSqlTable {
                 .map(|f| (f.name().clone(), f.data_type().clone()))
                 .collect(),
             string_ranges: false,
+            padded: Default::default(),
             syntax: SourceSyntax::STANDARD,
         }
     }

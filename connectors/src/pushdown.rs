@@ -52,7 +52,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::unparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use datafusion::sql::unparser::Unparser;
 
-use crate::filters::{literal_supported, widening, SourceSyntax};
+use crate::filters::{literal_supported, padded_comparison, widening, SourceSyntax};
 use crate::mysql::catalog::MysqlTable;
 use crate::postgres::catalog::PostgresTable;
 use crate::remote_scan::{RemoteScanExec, RemoteScanSpec};
@@ -148,6 +148,9 @@ pub struct QueryTableInfo {
     /// Columns the database compares differently from Weft (PostgreSQL
     /// `char(n)`, columns read as text).
     pub opaque_columns: Vec<String>,
+    /// Of those, the blank-padded ones, which may still be compared with
+    /// `=`/`<>`/`IN` against literals not ending in a blank.
+    pub padded_columns: std::collections::HashSet<String>,
 }
 
 fn table_info(provider: &Arc<dyn TableProvider>) -> Option<QueryTableInfo> {
@@ -240,11 +243,15 @@ fn analyze(plan: &LogicalPlan, under_limit: bool) -> Option<Found> {
             {
                 return None;
             }
-            let left = analyze(&j.left, false)?;
+            let mut left = analyze(&j.left, false)?;
             let right = analyze(&j.right, false)?;
             if left.info.source.catalog() != right.info.source.catalog() {
                 return None;
             }
+            // Column rules of both sides (by name: conservative when two
+            // tables share a column name).
+            left.info.opaque_columns.extend(right.info.opaque_columns);
+            left.info.padded_columns.extend(right.info.padded_columns);
             let merged = j.left.schema().join(j.right.schema()).ok()?;
             // The unparser may drop qualifiers in derived tables, where two
             // columns of one name would be ambiguous.
@@ -368,6 +375,9 @@ impl ExprCheck<'_> {
         let syntax = self.info.dialect.syntax();
         let strings_eq = string_equality(self.info);
         let strings_ord = self.info.trust_strings;
+        if padded_comparison(e, &self.info.padded_columns) {
+            return true;
+        }
         match e {
             Expr::Column(c) => {
                 self.schema.field_from_column(c).is_ok()

@@ -172,6 +172,7 @@ impl MysqlTable {
                 .map(|c| (c.name.clone(), c.data_type.clone()))
                 .collect::<HashMap<_, _>>(),
             string_ranges: trust_strings,
+            padded: Default::default(),
             syntax: SourceSyntax::MYSQL,
         }
     }
@@ -189,6 +190,7 @@ impl MysqlTable {
                 .filter(|c| c.as_text)
                 .map(|c| c.name.clone())
                 .collect(),
+            padded_columns: Default::default(),
         }
     }
 

@@ -199,6 +199,12 @@ impl PostgresTable {
                 .map(|c| (c.name.clone(), c.data_type.clone()))
                 .collect::<HashMap<_, _>>(),
             string_ranges: self.source.config.string_range_pushdown,
+            padded: self
+                .columns
+                .iter()
+                .filter(|c| c.wire == WireType::Bpchar)
+                .map(|c| c.name.clone())
+                .collect(),
             syntax: SourceSyntax::POSTGRES,
         }
     }
@@ -214,6 +220,12 @@ impl PostgresTable {
                 .columns
                 .iter()
                 .filter(|c| c.as_text || c.wire == WireType::Bpchar)
+                .map(|c| c.name.clone())
+                .collect(),
+            padded_columns: self
+                .columns
+                .iter()
+                .filter(|c| c.wire == WireType::Bpchar)
                 .map(|c| c.name.clone())
                 .collect(),
         }
