@@ -11,7 +11,7 @@ use weft_common::config::{CatalogConfig, CatalogsConfig};
 use weft_integration_tests::pg::{
     batch_rows, connect, load_tpch_tables, pg_rows, postgres_catalog, same_rows, with_database,
 };
-use weft_integration_tests::{tpch_query, ClusterOptions, TestCluster};
+use weft_integration_tests::{qualify_tables, tpch_query, ClusterOptions, TestCluster};
 
 /// The big tables, in database A.
 const FACTS: [&str; 2] = ["lineitem", "orders"];
@@ -24,32 +24,12 @@ const QUERIES: [usize; 5] = [3, 5, 10, 12, 14];
 
 /// `text` with every TPC-H table name qualified by its catalog.
 fn qualify(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 64);
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        let catalog = if FACTS.contains(&word.as_str()) {
-            Some("a")
-        } else if DIMENSIONS.contains(&word.as_str()) {
-            Some("b")
-        } else {
-            None
-        };
-        match catalog {
-            Some(c) => out.push_str(&format!("{c}.public.{word}")),
-            None => out.push_str(word),
-        }
-        word.clear();
-    };
-    for ch in text.chars() {
-        if ch.is_ascii_alphanumeric() || ch == '_' {
-            word.push(ch);
-        } else {
-            flush(&mut word, &mut out);
-            out.push(ch);
-        }
-    }
-    flush(&mut word, &mut out);
-    out
+    let catalogs: Vec<(&str, &str)> = FACTS
+        .iter()
+        .map(|t| (*t, "a"))
+        .chain(DIMENSIONS.iter().map(|t| (*t, "b")))
+        .collect();
+    qualify_tables(text, &catalogs)
 }
 
 /// Creates database `name` with `tables` unless it is already loaded.

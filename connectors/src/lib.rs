@@ -34,6 +34,7 @@ pub mod flightsql;
 pub mod mysql;
 pub mod postgres;
 pub mod pushdown;
+pub mod regroup;
 pub mod remote_scan;
 pub mod splits;
 
@@ -55,6 +56,7 @@ pub use catalog::DatabaseCatalog;
 pub use codec::ConnectorCodec;
 pub use error::SourceError;
 pub use pushdown::QueryPushdown;
+pub use regroup::CatalogJoinGrouping;
 pub use remote_scan::{RemoteScanExec, RemoteScanSpec};
 
 use crate::catalog::Listing;

@@ -151,6 +151,8 @@ pub struct QueryTableInfo {
     /// Of those, the blank-padded ones, which may still be compared with
     /// `=`/`<>`/`IN` against literals not ending in a blank.
     pub padded_columns: std::collections::HashSet<String>,
+    /// The table's primary key columns (empty if none or unknown).
+    pub primary_key: Vec<String>,
 }
 
 fn table_info(provider: &Arc<dyn TableProvider>) -> Option<QueryTableInfo> {
@@ -201,13 +203,13 @@ fn push_down(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
 }
 
 /// A subtree that one database can run.
-struct Found {
-    info: QueryTableInfo,
+pub(crate) struct Found {
+    pub(crate) info: QueryTableInfo,
     /// It has a join, an aggregate or a top-N.
     worth: bool,
 }
 
-fn analyze(plan: &LogicalPlan, under_limit: bool) -> Option<Found> {
+pub(crate) fn analyze(plan: &LogicalPlan, under_limit: bool) -> Option<Found> {
     // Bare columns pass through unchanged (even those the database compares
     // differently); everything else must be evaluated exactly as in Weft.
     let check = |found: &Found, exprs: &[&Expr], schema: &DFSchema| {
@@ -252,6 +254,7 @@ fn analyze(plan: &LogicalPlan, under_limit: bool) -> Option<Found> {
             // tables share a column name).
             left.info.opaque_columns.extend(right.info.opaque_columns);
             left.info.padded_columns.extend(right.info.padded_columns);
+            left.info.primary_key.clear();
             let merged = j.left.schema().join(j.right.schema()).ok()?;
             // The unparser may drop qualifiers in derived tables, where two
             // columns of one name would be ambiguous.

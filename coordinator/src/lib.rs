@@ -93,7 +93,9 @@ impl Coordinator {
         for e in register_catalogs(&ctx, &config.catalogs).await {
             tracing::error!("{e}; the other catalogs stay available");
         }
-        // Whole single-database sub-plans go to the database as one query.
+        // Whole single-database sub-plans go to the database as one query
+        // (after inner joins are grouped by database where that is safe).
+        ctx.add_optimizer_rule(Arc::new(weft_connectors::CatalogJoinGrouping));
         ctx.add_optimizer_rule(Arc::new(weft_connectors::QueryPushdown));
         let (connectors, errors) = Connectors::from_config(&config.catalogs);
         for e in errors.into_iter().chain(connectors.register(&ctx).await) {

@@ -326,3 +326,28 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `text` with each whole word naming a table of `catalogs` (table ->
+/// catalog) replaced by `catalog.public.table` (also where the word is a
+/// column alias, as `nation` in TPC-H q8 and q9).
+pub fn qualify_tables(text: &str, catalogs: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        match catalogs.iter().find(|(t, _)| t == word) {
+            Some((t, c)) => out.push_str(&format!("{c}.public.{t}")),
+            None => out.push_str(word),
+        }
+        word.clear();
+    };
+    for ch in text.chars() {
+        if ch.is_ascii_alphanumeric() || ch == '_' {
+            word.push(ch);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}

@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use weft_common::config::CatalogConfig;
 use weft_integration_tests::pg::{
-    batch_rows, catalog_file, connect, create_database, pg_rows, postgres_catalog, same_rows,
+    batch_rows, catalog_file, connect, create_database, load_tpch, load_tpch_tables, pg_rows,
+    postgres_catalog, same_rows,
 };
-use weft_integration_tests::{mysql, ClusterOptions, TestCluster};
+use weft_integration_tests::{
+    mysql, qualify_tables, split_statements, tpch_dir, tpch_query, ClusterOptions, TestCluster,
+};
 
 /// The rows of a jaffle CSV file (header dropped).
 fn jaffle(file: &str) -> Vec<Vec<String>> {
@@ -232,4 +235,93 @@ async fn jaffle_data_mesh_across_postgres_and_mariadb() {
         pg_scan.contains("kind=postgres") && pg_scan.contains(r#"WHERE ("amount" > 1000)"#),
         "the amount filter runs in PostgreSQL:\n{plan}"
     );
+}
+
+/// TPC-H with lineitem and orders in one PostgreSQL database and the other
+/// tables in another: the queries that join both equal one database holding
+/// everything, and the orders-lineitem join runs inside the first database
+/// as one query (inner joins are regrouped by database along key joins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tpch_across_two_postgres_databases() {
+    let dir = tpch_dir(0.05, 2);
+    let facts = ["lineitem", "orders"];
+    let dimensions = [
+        "customer", "nation", "region", "supplier", "part", "partsupp",
+    ];
+    let a_url = create_database("weft_facts").await.expect("facts database");
+    load_tpch_tables(&connect(&a_url).await.expect("connect"), dir, &facts)
+        .await
+        .expect("load facts");
+    let b_url = create_database("weft_dims")
+        .await
+        .expect("dimensions database");
+    load_tpch_tables(&connect(&b_url).await.expect("connect"), dir, &dimensions)
+        .await
+        .expect("load dimensions");
+    let all_url = create_database("weft_tpch_all")
+        .await
+        .expect("reference database");
+    let all = connect(&all_url).await.expect("connect");
+    load_tpch(&all, dir).await.expect("load reference");
+
+    let cluster = tokio::time::timeout(
+        Duration::from_secs(60),
+        TestCluster::start(
+            2,
+            ClusterOptions {
+                catalogs: catalog_file(vec![
+                    ("a", CatalogConfig::Postgres(postgres_catalog(&a_url))),
+                    ("b", CatalogConfig::Postgres(postgres_catalog(&b_url))),
+                ]),
+                target_partitions: Some(4),
+                lease_ttl_secs: 10,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("cluster start timed out")
+    .expect("cluster starts");
+    let catalogs: Vec<(&str, &str)> = facts
+        .iter()
+        .map(|t| (*t, "a"))
+        .chain(dimensions.iter().map(|t| (*t, "b")))
+        .collect();
+
+    let q5 = qualify_tables(&tpch_query(5), &catalogs);
+    let plan = batch_rows(
+        &cluster
+            .query(&format!("EXPLAIN {q5}"))
+            .await
+            .expect("explain"),
+    )
+    .into_iter()
+    .map(|r| r.join(" "))
+    .collect::<Vec<_>>()
+    .join("\n");
+    assert!(
+        plan.lines().any(|l| l
+            .contains("RemoteScanExec: catalog=a, kind=postgres, relation=query")
+            && l.contains(r#""public"."orders""#)
+            && l.contains(r#""public"."lineitem""#)
+            && l.contains("JOIN")),
+        "orders and lineitem are joined in database a:\n{plan}"
+    );
+
+    let mut failures = Vec::new();
+    for q in [3, 5, 7, 10, 12, 14, 18, 19, 21] {
+        let text = tpch_query(q);
+        let want = pg_rows(&all, &text).await.expect("reference query");
+        let mut got = Vec::new();
+        for statement in split_statements(&qualify_tables(&text, &catalogs)) {
+            match cluster.query(&statement).await {
+                Ok(batches) => got = batch_rows(&batches),
+                Err(e) => failures.push(format!("q{q}: {e}")),
+            }
+        }
+        if let Err(e) = same_rows(&got, &want) {
+            failures.push(format!("q{q}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -191,6 +191,12 @@ impl MysqlTable {
                 .map(|c| c.name.clone())
                 .collect(),
             padded_columns: Default::default(),
+            primary_key: self
+                .columns
+                .iter()
+                .filter(|c| c.primary_key)
+                .map(|c| c.name.clone())
+                .collect(),
         }
     }
 

@@ -53,6 +53,12 @@ const TABLE_INFO: &str = "SELECT c.relkind::text, c.reltuples::float8, \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE n.nspname = $1 AND c.relname = $2";
 
+const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_catalog.pg_index i \
+     JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
+     WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary";
+
 fn table_type(relkind: &str) -> TableType {
     match relkind {
         "v" | "m" => TableType::View,
@@ -101,6 +107,7 @@ pub struct PostgresTable {
     row_estimate: Option<usize>,
     bytes: u64,
     block_size: u64,
+    primary_key: Vec<String>,
 }
 
 impl PostgresTable {
@@ -127,6 +134,14 @@ impl PostgresTable {
         let rows = client
             .query(TABLE_COLUMNS, &[&schema, &table])
             .await
+            .map_err(remote)?;
+        let primary_key = client
+            .query(PRIMARY_KEY, &[&schema, &table])
+            .await
+            .map_err(remote)?
+            .iter()
+            .map(|r| r.try_get::<_, String>(0))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(remote)?;
         client.release();
         let mut columns = Vec::with_capacity(rows.len());
@@ -185,6 +200,7 @@ impl PostgresTable {
             row_estimate: (reltuples >= 0.0).then_some(reltuples as usize),
             bytes: bytes.max(0) as u64,
             block_size: block_size.max(1) as u64,
+            primary_key,
         }))
     }
 
@@ -228,6 +244,7 @@ impl PostgresTable {
                 .filter(|c| c.wire == WireType::Bpchar)
                 .map(|c| c.name.clone())
                 .collect(),
+            primary_key: self.primary_key.clone(),
         }
     }
 
