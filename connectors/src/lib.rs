@@ -100,6 +100,13 @@ pub trait RemoteSource: Debug + Send + Sync + 'static {
     async fn validate(self: Arc<Self>, _sql: &str) -> Result<(), SourceError> {
         Ok(())
     }
+    /// Opens a snapshot that several reads can share (PostgreSQL's
+    /// `pg_export_snapshot`): its id and the resource that keeps it open.
+    async fn export_snapshot(
+        self: Arc<Self>,
+    ) -> Result<Option<(String, Arc<dyn Any + Send + Sync>)>, SourceError> {
+        Ok(None)
+    }
     /// Streams the rows of one split.
     fn execute_query(
         self: Arc<Self>,

@@ -49,13 +49,17 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::sql::sqlparser::ast::{
     self as sql_ast, visit_expressions_mut, visit_relations_mut,
 };
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect as SqlPostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::unparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use datafusion::sql::unparser::Unparser;
 
 use crate::filters::{literal_supported, padded_comparison, widening, SourceSyntax};
 use crate::mysql::catalog::MysqlTable;
 use crate::postgres::catalog::PostgresTable;
+use crate::postgres::splits::ctid_splits;
 use crate::remote_scan::{RemoteScanExec, RemoteScanSpec};
+use crate::splits::split_count;
 use crate::RemoteSource;
 
 /// The SQL family of a database whose queries Weft writes.
@@ -136,6 +140,14 @@ impl QueryDialect {
     }
 }
 
+/// Size of a PostgreSQL heap table, for ctid splits.
+#[derive(Debug, Clone, Copy)]
+pub struct HeapSize {
+    pub pages: u64,
+    pub bytes: u64,
+    pub split_size: u64,
+}
+
 /// What a table of a database catalog tells the pushdown rule.
 #[derive(Debug, Clone)]
 pub struct QueryTableInfo {
@@ -153,6 +165,8 @@ pub struct QueryTableInfo {
     pub padded_columns: std::collections::HashSet<String>,
     /// The table's primary key columns (empty if none or unknown).
     pub primary_key: Vec<String>,
+    /// PostgreSQL heap tables: their size, for splitting a pushed join.
+    pub heap: Option<HeapSize>,
 }
 
 fn table_info(provider: &Arc<dyn TableProvider>) -> Option<QueryTableInfo> {
@@ -178,16 +192,17 @@ impl OptimizerRule for QueryPushdown {
     fn rewrite(
         &self,
         plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
+        config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        push_down(plan)
+        let max_splits = config.options().execution.target_partitions;
+        push_down(plan, max_splits)
     }
 }
 
-fn push_down(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+fn push_down(plan: LogicalPlan, max_splits: usize) -> Result<Transformed<LogicalPlan>> {
     if let Some(found) = analyze(&plan, false) {
         if found.worth {
-            match remote_query(&plan, &found.info) {
+            match remote_query(&plan, &found.info, max_splits) {
                 Ok(Some(replacement)) => {
                     return Ok(Transformed::new(replacement, true, TreeNodeRecursion::Jump))
                 }
@@ -199,7 +214,7 @@ fn push_down(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
             }
         }
     }
-    plan.map_children(push_down)
+    plan.map_children(|c| push_down(c, max_splits))
 }
 
 /// A subtree that one database can run.
@@ -493,7 +508,11 @@ impl ExprCheck<'_> {
 
 /// The replacement of `plan` by one remote query, or `None` if a type cannot
 /// be read back.
-fn remote_query(plan: &LogicalPlan, info: &QueryTableInfo) -> Result<Option<LogicalPlan>> {
+fn remote_query(
+    plan: &LogicalPlan,
+    info: &QueryTableInfo,
+    max_splits: usize,
+) -> Result<Option<LogicalPlan>> {
     let schema = plan.schema();
     let mut outputs = Vec::with_capacity(schema.fields().len());
     for (i, f) in schema.fields().iter().enumerate() {
@@ -520,6 +539,23 @@ fn remote_query(plan: &LogicalPlan, info: &QueryTableInfo) -> Result<Option<Logi
         return Ok(None);
     }
     let inner = statement.to_string();
+    let (split_inners, split_method) = match split_table(plan, max_splits) {
+        Some((table, pages, n)) => {
+            let preds = ctid_splits(pages, n, "{q}.ctid");
+            let inners: Option<Vec<String>> = preds
+                .iter()
+                .map(|p| {
+                    let mut s = statement.clone();
+                    add_split_predicate(&mut s, &table, p).then(|| s.to_string())
+                })
+                .collect();
+            match inners {
+                Some(inners) => (inners, format!("ctid ranges of {}", table.join("."))),
+                None => (vec![], String::new()),
+            }
+        }
+        None => (vec![], String::new()),
+    };
     let fields: Vec<Field> = schema
         .fields()
         .iter()
@@ -530,6 +566,8 @@ fn remote_query(plan: &LogicalPlan, info: &QueryTableInfo) -> Result<Option<Logi
         info: info.clone(),
         fallback: plan.clone(),
         inner,
+        split_inners,
+        split_method,
         select: outputs
             .iter()
             .enumerate()
@@ -634,6 +672,111 @@ fn name_columns(plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
             LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(other.clone()))?)
         }
     }))
+}
+
+/// For a subtree of only inner joins (with projections and filters) over
+/// PostgreSQL tables: its largest heap table, that table's pages and how
+/// many ctid ranges to read it in (more than one).
+fn split_table(plan: &LogicalPlan, max_splits: usize) -> Option<(Vec<String>, u64, usize)> {
+    let mut joins = 0;
+    let mut largest: Option<(Vec<String>, HeapSize)> = None;
+    let mut ok = true;
+    let _ = plan.apply(|node| {
+        match node {
+            LogicalPlan::Join(j) if j.join_type == JoinType::Inner => joins += 1,
+            LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            }
+            LogicalPlan::TableScan(scan) => {
+                let provider = source_as_provider(&scan.source).ok();
+                let any: Option<&dyn Any> = provider.as_ref().map(|p| p.as_ref() as &dyn Any);
+                match any.and_then(|a| a.downcast_ref::<PostgresTable>()) {
+                    Some(t) => {
+                        if let Some(heap) = t.query_info().heap {
+                            if largest.as_ref().is_none_or(|(_, h)| heap.bytes > h.bytes) {
+                                largest = Some((t.remote_name(), heap));
+                            }
+                        }
+                    }
+                    None => ok = false,
+                }
+            }
+            _ => ok = false,
+        }
+        Ok(if ok {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    let (table, heap) = largest?;
+    let n = split_count(heap.bytes, heap.split_size, max_splits);
+    (ok && joins > 0 && n > 1 && heap.pages > 1).then_some((table, heap.pages, n))
+}
+
+/// Adds `predicate` (with `{q}` standing for the table's name or alias) to
+/// the WHERE of the one SELECT that reads `table`; false if the table is not
+/// read exactly once.
+fn add_split_predicate(
+    statement: &mut sql_ast::Statement,
+    table: &[String],
+    predicate: &str,
+) -> bool {
+    fn visit(query: &mut sql_ast::Query, table: &[String], predicate: &str, found: &mut usize) {
+        let sql_ast::SetExpr::Select(select) = query.body.as_mut() else {
+            return;
+        };
+        let mut quals = Vec::new();
+        for from in &mut select.from {
+            let factors = std::iter::once(&mut from.relation)
+                .chain(from.joins.iter_mut().map(|j| &mut j.relation));
+            for factor in factors {
+                match factor {
+                    sql_ast::TableFactor::Table { name, alias, .. } => {
+                        let parts: Vec<String> = name
+                            .0
+                            .iter()
+                            .filter_map(|p| p.as_ident().map(|i| i.value.clone()))
+                            .collect();
+                        if parts == table {
+                            quals.push(match alias {
+                                Some(a) => a.name.to_string(),
+                                None => name.to_string(),
+                            });
+                        }
+                    }
+                    sql_ast::TableFactor::Derived { subquery, .. } => {
+                        visit(subquery, table, predicate, found)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for qual in quals {
+            *found += 1;
+            let text = predicate.replace("{q}", &qual);
+            let Ok(expr) = Parser::new(&SqlPostgreSqlDialect {})
+                .try_with_sql(&text)
+                .and_then(|mut p| p.parse_expr())
+            else {
+                *found += 100;
+                return;
+            };
+            select.selection = Some(match select.selection.take() {
+                Some(e) => sql_ast::Expr::BinaryOp {
+                    left: Box::new(sql_ast::Expr::Nested(Box::new(e))),
+                    op: sql_ast::BinaryOperator::And,
+                    right: Box::new(sql_ast::Expr::Nested(Box::new(expr))),
+                },
+                None => expr,
+            });
+        }
+    }
+    let sql_ast::Statement::Query(query) = statement else {
+        return false;
+    };
+    let mut found = 0;
+    visit(query, table, predicate, &mut found);
+    found == 1
 }
 
 /// Aliases the top SELECT's `n` items `c0..cN` (and the ORDER BY references
@@ -772,6 +915,10 @@ pub struct RemoteQueryTable {
     fallback: LogicalPlan,
     /// The unparsed subtree, with output columns c0..cN.
     inner: String,
+    /// The same, once per ctid range of its largest table (a join-only
+    /// subtree of a PostgreSQL catalog); empty for one split.
+    split_inners: Vec<String>,
+    split_method: String,
     /// Per output column, its cast select item.
     select: Vec<String>,
     wire_types: Vec<String>,
@@ -866,6 +1013,22 @@ impl TableProvider for RemoteQueryTable {
             );
             return self.plan_fallback(state, &indices, limit).await;
         }
+        // A join read in ctid ranges of its largest table, all under one
+        // snapshot.
+        let mut snapshot = None;
+        if limit.is_none() && self.split_inners.len() > 1 {
+            snapshot = Arc::clone(&self.info.source).export_snapshot().await?;
+        }
+        let (queries, split_method) = match &snapshot {
+            Some(_) => (
+                self.split_inners
+                    .iter()
+                    .map(|inner| format!("SELECT {select} FROM ({inner}) AS q"))
+                    .collect(),
+                self.split_method.clone(),
+            ),
+            None => (vec![query], String::new()),
+        };
         let spec = RemoteScanSpec {
             relation: "query".to_string(),
             schema: Arc::new(self.schema.project(&indices)?),
@@ -873,14 +1036,15 @@ impl TableProvider for RemoteQueryTable {
                 .iter()
                 .map(|&i| self.wire_types[i].clone())
                 .collect(),
-            queries: vec![query],
-            snapshot: None,
-            split_method: String::new(),
+            queries,
+            snapshot: snapshot.as_ref().map(|(id, _)| id.clone()),
+            split_method,
             split_payloads: vec![],
         };
-        Ok(Arc::new(RemoteScanExec::try_new(
-            Arc::clone(&self.info.source),
-            spec,
-        )?))
+        let mut exec = RemoteScanExec::try_new(Arc::clone(&self.info.source), spec)?;
+        if let Some((_, keep)) = snapshot {
+            exec = exec.with_keep_alive(keep);
+        }
+        Ok(Arc::new(exec))
     }
 }

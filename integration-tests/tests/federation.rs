@@ -264,13 +264,16 @@ async fn tpch_across_two_postgres_databases() {
     let all = connect(&all_url).await.expect("connect");
     load_tpch(&all, dir).await.expect("load reference");
 
+    // Small splits, so that the pushed orders-lineitem join is read in parts.
+    let mut facts_catalog = postgres_catalog(&a_url);
+    facts_catalog.split_size = 256 * 1024;
     let cluster = tokio::time::timeout(
         Duration::from_secs(60),
         TestCluster::start(
             2,
             ClusterOptions {
                 catalogs: catalog_file(vec![
-                    ("a", CatalogConfig::Postgres(postgres_catalog(&a_url))),
+                    ("a", CatalogConfig::Postgres(facts_catalog)),
                     ("b", CatalogConfig::Postgres(postgres_catalog(&b_url))),
                 ]),
                 target_partitions: Some(4),
@@ -304,8 +307,9 @@ async fn tpch_across_two_postgres_databases() {
             .contains("RemoteScanExec: catalog=a, kind=postgres, relation=query")
             && l.contains(r#""public"."orders""#)
             && l.contains(r#""public"."lineitem""#)
-            && l.contains("JOIN")),
-        "orders and lineitem are joined in database a:\n{plan}"
+            && l.contains("JOIN")
+            && l.contains("splits=4 (ctid ranges of public.lineitem, one snapshot)")),
+        "orders and lineitem are joined in database a, in 4 ctid ranges of lineitem:\n{plan}"
     );
 
     let mut failures = Vec::new();

@@ -245,6 +245,11 @@ impl PostgresTable {
                 .map(|c| c.name.clone())
                 .collect(),
             primary_key: self.primary_key.clone(),
+            heap: matches!(self.relkind.as_str(), "r" | "m").then(|| crate::pushdown::HeapSize {
+                pages: self.bytes.div_ceil(self.block_size),
+                bytes: self.bytes,
+                split_size: self.source.config.split_size,
+            }),
         }
     }
 
@@ -298,7 +303,7 @@ impl PostgresTable {
             Some(n) => n,
             None => split_count(self.bytes, self.source.config.split_size, max_splits),
         };
-        Ok((ctid_splits(pages, n), "ctid ranges".to_string()))
+        Ok((ctid_splits(pages, n, "ctid"), "ctid ranges".to_string()))
     }
 }
 

@@ -282,6 +282,13 @@ impl RemoteSource for PostgresSource {
             .map(|t| Arc::new(t) as Arc<dyn TableProvider>))
     }
 
+    async fn export_snapshot(
+        self: Arc<Self>,
+    ) -> Result<Option<(String, Arc<dyn std::any::Any + Send + Sync>)>, SourceError> {
+        let snapshot = PostgresSource::export_snapshot(&self).await?;
+        Ok(Some((snapshot.id.clone(), Arc::new(snapshot) as _)))
+    }
+
     async fn validate(self: Arc<Self>, sql: &str) -> Result<(), SourceError> {
         let client = self.client().await?;
         // Parse and bind only: PostgreSQL resolves every name and type.

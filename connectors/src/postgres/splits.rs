@@ -11,8 +11,9 @@
 //! All splits of one scan read under one exported snapshot, so together they
 //! return exactly the rows of a single read even while other sessions write.
 
-/// `n` ctid range predicates over a table of `pages` heap pages.
-pub fn ctid_splits(pages: u64, n: usize) -> Vec<String> {
+/// `n` ctid range predicates over a table of `pages` heap pages; `ctid` is
+/// the (possibly qualified) ctid column.
+pub fn ctid_splits(pages: u64, n: usize, ctid: &str) -> Vec<String> {
     let n = (n as u64).clamp(1, pages.max(1));
     if n == 1 {
         return vec![];
@@ -21,11 +22,15 @@ pub fn ctid_splits(pages: u64, n: usize) -> Vec<String> {
     let bounds: Vec<u64> = (1..n).map(|i| i * per).collect();
     let tid = |page: u64| format!("'({page},0)'::tid");
     let mut preds = Vec::with_capacity(n as usize);
-    preds.push(format!("ctid < {}", tid(bounds[0])));
+    preds.push(format!("{ctid} < {}", tid(bounds[0])));
     for w in bounds.windows(2) {
-        preds.push(format!("ctid >= {} AND ctid < {}", tid(w[0]), tid(w[1])));
+        preds.push(format!(
+            "{ctid} >= {} AND {ctid} < {}",
+            tid(w[0]),
+            tid(w[1])
+        ));
     }
-    preds.push(format!("ctid >= {}", tid(bounds[bounds.len() - 1])));
+    preds.push(format!("{ctid} >= {}", tid(bounds[bounds.len() - 1])));
     preds
 }
 
@@ -35,8 +40,8 @@ mod tests {
 
     #[test]
     fn ctid_ranges_cover_every_page() {
-        assert!(ctid_splits(10, 1).is_empty());
-        let p = ctid_splits(10, 3);
+        assert!(ctid_splits(10, 1, "ctid").is_empty());
+        let p = ctid_splits(10, 3, "ctid");
         assert_eq!(
             p,
             vec![
@@ -46,6 +51,6 @@ mod tests {
             ]
         );
         // More splits than pages: one per page.
-        assert_eq!(ctid_splits(2, 8).len(), 2);
+        assert_eq!(ctid_splits(2, 8, "ctid").len(), 2);
     }
 }
