@@ -32,7 +32,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, ExprSchema, Result, TableReference};
 use datafusion::datasource::{provider_as_source, source_as_provider, TableType};
-use datafusion::execution::SessionState;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::expr::AggregateFunctionParams;
 use datafusion::logical_expr::{
     Expr, ExprSchemable, JoinType, Limit, LogicalPlan, LogicalPlanBuilder, Operator, Projection,
@@ -936,8 +936,20 @@ impl RemoteQueryTable {
         let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
             return datafusion::common::internal_err!("query pushdown needs a SessionState");
         };
+        // Optimized like any plan, minus Weft's pushdown rules (which would
+        // produce the refused query again).
+        let rules: Vec<_> = state
+            .optimizers()
+            .iter()
+            .filter(|r| !r.name().starts_with("weft_"))
+            .cloned()
+            .collect();
+        let state = SessionStateBuilder::new_from_existing(state.clone())
+            .with_optimizer_rules(rules)
+            .build();
+        let logical = state.optimize(&self.fallback)?;
         let plan = DefaultPhysicalPlanner::default()
-            .create_physical_plan(&self.fallback, state)
+            .create_physical_plan(&logical, &state)
             .await?;
         let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = indices
             .iter()
@@ -1011,6 +1023,9 @@ impl TableProvider for RemoteQueryTable {
                 catalog = self.info.source.catalog(),
                 "generated query refused, the sub-plan runs in Weft instead: {e}"
             );
+            if std::env::var_os("WEFT_SHOW_REFUSED").is_some() {
+                eprintln!("REFUSED {query}: {e}");
+            }
             return self.plan_fallback(state, &indices, limit).await;
         }
         // A join read in ctid ranges of its largest table, all under one

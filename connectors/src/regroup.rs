@@ -157,8 +157,9 @@ fn rebuild(
             .count()
             >= 2
     });
-    // One database for everything is QueryPushdown's case already.
-    if !shared || (catalogs.len() == 1 && units.iter().all(|u| u.catalog.is_some())) {
+    // Only where tables of several databases meet: one database for
+    // everything is QueryPushdown's case already.
+    if !shared || catalogs.len() < 2 {
         return Ok(None);
     }
     let mut used = HashSet::new();
