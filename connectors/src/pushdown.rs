@@ -1023,9 +1023,6 @@ impl TableProvider for RemoteQueryTable {
                 catalog = self.info.source.catalog(),
                 "generated query refused, the sub-plan runs in Weft instead: {e}"
             );
-            if std::env::var_os("WEFT_SHOW_REFUSED").is_some() {
-                eprintln!("REFUSED {query}: {e}");
-            }
             return self.plan_fallback(state, &indices, limit).await;
         }
         // A join read in ctid ranges of its largest table, all under one
