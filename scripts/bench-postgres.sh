@@ -20,6 +20,9 @@ fi
 work=$(mktemp -d -t weft-bench-XXXXXX)
 trap 'pg_stop "$work/pg"; rm -rf "$work"' EXIT INT TERM
 pg_start "$work/pg"
-bench=${1:-pgscan}
-shift || true
+bench=pgscan
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  bench=$1
+  shift
+fi
 cargo run --profile bench-release -p weft-benches -- "$bench" --pg-url "$PG_URL" "$@"
