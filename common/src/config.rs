@@ -648,6 +648,47 @@ mod tests {
     }
 
     #[test]
+    fn mysql_and_flightsql_catalogs() {
+        let c = parse(
+            r#"
+[catalogs.shop]
+kind = "mysql"
+url = "mysql://app:pw@db:3306/orders"
+query_pushdown = false
+string_range_pushdown = true
+
+[catalogs.remote]
+kind = "flightsql"
+url = "grpc://weft:7000"
+catalog = "tpch"
+connect_timeout = "2s"
+"#,
+        )
+        .unwrap();
+        let CatalogConfig::Mysql(my) = &c.catalogs["shop"] else {
+            panic!("not mysql: {c:?}")
+        };
+        assert!(!my.query_pushdown && my.string_range_pushdown);
+        assert!(!format!("{c:?}").contains(":pw@"));
+        let CatalogConfig::FlightSql(fl) = &c.catalogs["remote"] else {
+            panic!("not flightsql: {c:?}")
+        };
+        assert_eq!(fl.remote_catalog.as_deref(), Some("tpch"));
+        assert_eq!(fl.connect_timeout, Duration::from_secs(2));
+        // Split settings mean nothing for a Flight SQL server.
+        let e = parse(
+            "[catalogs.r]\nkind = \"flightsql\"\nurl = \"grpc://h:1\"\nsplit_size = \"1MB\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `split_size`"), "{e}");
+        let e = parse("[catalogs.m]\nkind = \"mysql\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mysql://user:"), "{e}");
+    }
+
+    #[test]
     fn postgres_catalog() {
         std::env::set_var("WEFT_TEST_PG_PW_X", "s3cret");
         let c = parse(

@@ -29,8 +29,21 @@ async fn weft_reads_another_weft_cluster_through_flight_sql() {
     })
     .await;
     let remote = DatabaseConfig::new(SecretUrl::new(format!("grpc://{}", a.coordinator.addr())));
+    // A second Flight SQL catalog whose server is down (with a password in
+    // its URL): B starts anyway and the error names it, never the password.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut down = DatabaseConfig::new(SecretUrl::new(format!(
+        "grpc://weft:hunter2pw@127.0.0.1:{closed}"
+    )));
+    down.connect_timeout = Duration::from_secs(2);
     let b = start(ClusterOptions {
-        catalogs: catalog_file(vec![("remote", CatalogConfig::FlightSql(remote))]),
+        catalogs: catalog_file(vec![
+            ("remote", CatalogConfig::FlightSql(remote)),
+            ("down", CatalogConfig::FlightSql(down)),
+        ]),
         target_partitions: Some(4),
         ..Default::default()
     })
@@ -97,6 +110,17 @@ async fn weft_reads_another_weft_cluster_through_flight_sql() {
         assert!(!want.is_empty(), "q{q} has rows");
         assert_eq!(got, want, "q{q}");
     }
+
+    let err = b
+        .query("SELECT * FROM down.public.lineitem")
+        .await
+        .expect_err("server down")
+        .to_string();
+    assert!(
+        err.contains("down") && err.contains(&format!("127.0.0.1:{closed}")),
+        "the error names the catalog and the server: {err}"
+    );
+    assert!(!err.contains("hunter2pw"), "{err}");
 
     // A remote table that does not exist is an unknown table, not a crash.
     let err = b
