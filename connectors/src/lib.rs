@@ -115,6 +115,25 @@ pub trait RemoteSource: Debug + Send + Sync + 'static {
     ) -> Result<SendableRecordBatchStream>;
 }
 
+/// Parses the wire types of a plan with `parse`; an unknown one means the
+/// coordinator and this worker run different versions.
+pub(crate) fn parse_wire_types<T>(
+    wire_types: &[String],
+    kind: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<T>> {
+    wire_types
+        .iter()
+        .map(|w| {
+            parse(w).ok_or_else(|| {
+                datafusion::common::DataFusionError::Internal(format!(
+                    "unknown {kind} wire type {w:?} (coordinator and worker versions differ?)"
+                ))
+            })
+        })
+        .collect()
+}
+
 /// The database sources of one process, by catalog name.
 #[derive(Debug, Default, Clone)]
 pub struct Connectors {

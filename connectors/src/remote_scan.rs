@@ -131,6 +131,21 @@ impl RemoteScanExec {
         self
     }
 
+    /// Rows of a table scan from the table's estimate: a fifth when filters
+    /// are pushed, at most the pushed limit.
+    pub fn with_table_estimate(
+        self,
+        table_rows: Option<usize>,
+        filtered: bool,
+        limit: Option<usize>,
+    ) -> Self {
+        let rows = table_rows.map(|r| if filtered { r / 5 } else { r });
+        self.with_row_estimate(match limit {
+            Some(n) => rows.map(|r| r.min(n)).or(Some(n)),
+            None => rows,
+        })
+    }
+
     pub fn source(&self) -> &Arc<dyn RemoteSource> {
         &self.source
     }

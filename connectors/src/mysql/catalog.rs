@@ -364,14 +364,12 @@ impl TableProvider for MysqlTable {
             split_method: method,
             split_payloads: vec![],
         };
-        let rows = self
-            .row_estimate
-            .map(|r| if filters.is_empty() { r } else { r / 5 });
         let source: Arc<dyn crate::RemoteSource> = Arc::clone(&self.source) as _;
-        let exec = RemoteScanExec::try_new(source, spec)?.with_row_estimate(match limit {
-            Some(n) => rows.map(|r| r.min(n)).or(Some(n)),
-            None => rows,
-        });
+        let exec = RemoteScanExec::try_new(source, spec)?.with_table_estimate(
+            self.row_estimate,
+            !filters.is_empty(),
+            limit,
+        );
         Ok(Arc::new(exec))
     }
 }

@@ -353,17 +353,7 @@ impl RemoteSource for MysqlSource {
         request: ScanRequest,
         metrics: BaselineMetrics,
     ) -> Result<SendableRecordBatchStream> {
-        let wire = request
-            .wire_types
-            .iter()
-            .map(|w| {
-                MyWire::parse(w).ok_or_else(|| {
-                    DataFusionError::Internal(format!(
-                        "unknown MySQL wire type {w:?} (coordinator and worker versions differ?)"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let wire = crate::parse_wire_types(&request.wire_types, "MySQL", MyWire::parse)?;
         self.scan(request, wire, metrics)
     }
 }

@@ -305,17 +305,7 @@ impl RemoteSource for PostgresSource {
         request: ScanRequest,
         metrics: BaselineMetrics,
     ) -> Result<SendableRecordBatchStream> {
-        let wire = request
-            .wire_types
-            .iter()
-            .map(|w| {
-                WireType::parse(w).ok_or_else(|| {
-                    DataFusionError::Internal(format!(
-                        "unknown PostgreSQL wire type {w:?} (coordinator and worker versions differ?)"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let wire = crate::parse_wire_types(&request.wire_types, "PostgreSQL", WireType::parse)?;
         self.scan(
             request.query,
             request.snapshot,
