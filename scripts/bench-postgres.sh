@@ -5,7 +5,7 @@
 # postgres_fdw) against it, SF1 by default, stops it.
 #
 #   scripts/bench-postgres.sh pgscan [--splits 4] [--iterations 3]
-#   scripts/bench-postgres.sh fedjoin [--iterations 3]
+#   scripts/bench-postgres.sh fedjoin [--iterations 3] [--queries 3,5]
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -95,7 +95,12 @@ pub(crate) async fn fedjoin(
     data: Option<std::path::PathBuf>,
     workers: usize,
     iterations: usize,
+    queries: Vec<usize>,
 ) -> anyhow::Result<()> {
+    if let Some(q) = queries.iter().find(|q| !QUERIES.contains(q)) {
+        anyhow::bail!("--queries: q{q} does not join tables of both databases; choose from {QUERIES:?}");
+    }
+    let queries = if queries.is_empty() { QUERIES.to_vec() } else { queries };
     let dir =
         data.unwrap_or_else(|| std::env::temp_dir().join(format!("weft-bench-tpch-sf{scale}")));
     if !dir.join("lineitem").exists() {
@@ -152,7 +157,7 @@ pub(crate) async fn fedjoin(
         "query", "Weft (s)", "postgres_fdw (s)", "fdw/Weft"
     );
     let mut totals: HashMap<&str, Duration> = HashMap::new();
-    for q in QUERIES {
+    for q in queries {
         let text = tpch_query(q);
         let federated = qualify(&text);
         if std::env::var_os("WEFT_SHOW_PLANS").is_some() {

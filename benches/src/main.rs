@@ -78,6 +78,9 @@ enum Cmd {
         workers: usize,
         #[arg(long, default_value_t = 3)]
         iterations: usize,
+        /// Only these of the cross-database queries (e.g. 5,10).
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
     },
     /// Round trip of `SELECT 1` through Flight SQL.
     Latency {
@@ -129,7 +132,8 @@ async fn main() -> anyhow::Result<()> {
             data,
             workers,
             iterations,
-        } => fedjoin::fedjoin(pg_url, scale, data, workers, iterations).await,
+            queries,
+        } => fedjoin::fedjoin(pg_url, scale, data, workers, iterations, queries).await,
     }
 }
 

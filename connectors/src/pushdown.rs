@@ -49,17 +49,13 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::sql::sqlparser::ast::{
     self as sql_ast, visit_expressions_mut, visit_relations_mut,
 };
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect as SqlPostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::unparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use datafusion::sql::unparser::Unparser;
 
 use crate::filters::{literal_supported, padded_comparison, widening, SourceSyntax};
 use crate::mysql::catalog::MysqlTable;
 use crate::postgres::catalog::PostgresTable;
-use crate::postgres::splits::ctid_splits;
 use crate::remote_scan::{RemoteScanExec, RemoteScanSpec};
-use crate::splits::split_count;
 use crate::RemoteSource;
 
 /// The SQL family of a database whose queries Weft writes.
@@ -140,14 +136,6 @@ impl QueryDialect {
     }
 }
 
-/// Size of a PostgreSQL heap table, for ctid splits.
-#[derive(Debug, Clone, Copy)]
-pub struct HeapSize {
-    pub pages: u64,
-    pub bytes: u64,
-    pub split_size: u64,
-}
-
 /// What a table of a database catalog tells the pushdown rule.
 #[derive(Debug, Clone)]
 pub struct QueryTableInfo {
@@ -165,8 +153,8 @@ pub struct QueryTableInfo {
     pub padded_columns: std::collections::HashSet<String>,
     /// The table's primary key columns (empty if none or unknown).
     pub primary_key: Vec<String>,
-    /// PostgreSQL heap tables: their size, for splitting a pushed join.
-    pub heap: Option<HeapSize>,
+    /// The table's size on disk, if known (not for views).
+    pub bytes: Option<u64>,
 }
 
 fn table_info(provider: &Arc<dyn TableProvider>) -> Option<QueryTableInfo> {
@@ -192,17 +180,16 @@ impl OptimizerRule for QueryPushdown {
     fn rewrite(
         &self,
         plan: LogicalPlan,
-        config: &dyn OptimizerConfig,
+        _config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let max_splits = config.options().execution.target_partitions;
-        push_down(plan, max_splits)
+        push_down(plan)
     }
 }
 
-fn push_down(plan: LogicalPlan, max_splits: usize) -> Result<Transformed<LogicalPlan>> {
+fn push_down(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     if let Some(found) = analyze(&plan, false) {
         if found.worth {
-            match remote_query(&plan, &found.info, max_splits) {
+            match remote_query(&plan, &found.info) {
                 Ok(Some(replacement)) => {
                     return Ok(Transformed::new(replacement, true, TreeNodeRecursion::Jump))
                 }
@@ -214,7 +201,7 @@ fn push_down(plan: LogicalPlan, max_splits: usize) -> Result<Transformed<Logical
             }
         }
     }
-    plan.map_children(|c| push_down(c, max_splits))
+    plan.map_children(push_down)
 }
 
 /// A subtree that one database can run.
@@ -511,7 +498,6 @@ impl ExprCheck<'_> {
 fn remote_query(
     plan: &LogicalPlan,
     info: &QueryTableInfo,
-    max_splits: usize,
 ) -> Result<Option<LogicalPlan>> {
     let schema = plan.schema();
     let mut outputs = Vec::with_capacity(schema.fields().len());
@@ -539,23 +525,6 @@ fn remote_query(
         return Ok(None);
     }
     let inner = statement.to_string();
-    let (split_inners, split_method) = match split_table(plan, max_splits) {
-        Some((table, pages, n)) => {
-            let preds = ctid_splits(pages, n, "{q}.ctid");
-            let inners: Option<Vec<String>> = preds
-                .iter()
-                .map(|p| {
-                    let mut s = statement.clone();
-                    add_split_predicate(&mut s, &table, p).then(|| s.to_string())
-                })
-                .collect();
-            match inners {
-                Some(inners) => (inners, format!("ctid ranges of {}", table.join("."))),
-                None => (vec![], String::new()),
-            }
-        }
-        None => (vec![], String::new()),
-    };
     let fields: Vec<Field> = schema
         .fields()
         .iter()
@@ -566,8 +535,6 @@ fn remote_query(
         info: info.clone(),
         fallback: plan.clone(),
         inner,
-        split_inners,
-        split_method,
         select: outputs
             .iter()
             .enumerate()
@@ -672,111 +639,6 @@ fn name_columns(plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
             LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(other.clone()))?)
         }
     }))
-}
-
-/// For a subtree of only inner joins (with projections and filters) over
-/// PostgreSQL tables: its largest heap table, that table's pages and how
-/// many ctid ranges to read it in (more than one).
-fn split_table(plan: &LogicalPlan, max_splits: usize) -> Option<(Vec<String>, u64, usize)> {
-    let mut joins = 0;
-    let mut largest: Option<(Vec<String>, HeapSize)> = None;
-    let mut ok = true;
-    let _ = plan.apply(|node| {
-        match node {
-            LogicalPlan::Join(j) if j.join_type == JoinType::Inner => joins += 1,
-            LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
-            }
-            LogicalPlan::TableScan(scan) => {
-                let provider = source_as_provider(&scan.source).ok();
-                let any: Option<&dyn Any> = provider.as_ref().map(|p| p.as_ref() as &dyn Any);
-                match any.and_then(|a| a.downcast_ref::<PostgresTable>()) {
-                    Some(t) => {
-                        if let Some(heap) = t.query_info().heap {
-                            if largest.as_ref().is_none_or(|(_, h)| heap.bytes > h.bytes) {
-                                largest = Some((t.remote_name(), heap));
-                            }
-                        }
-                    }
-                    None => ok = false,
-                }
-            }
-            _ => ok = false,
-        }
-        Ok(if ok {
-            TreeNodeRecursion::Continue
-        } else {
-            TreeNodeRecursion::Stop
-        })
-    });
-    let (table, heap) = largest?;
-    let n = split_count(heap.bytes, heap.split_size, max_splits);
-    (ok && joins > 0 && n > 1 && heap.pages > 1).then_some((table, heap.pages, n))
-}
-
-/// Adds `predicate` (with `{q}` standing for the table's name or alias) to
-/// the WHERE of the one SELECT that reads `table`; false if the table is not
-/// read exactly once.
-fn add_split_predicate(
-    statement: &mut sql_ast::Statement,
-    table: &[String],
-    predicate: &str,
-) -> bool {
-    fn visit(query: &mut sql_ast::Query, table: &[String], predicate: &str, found: &mut usize) {
-        let sql_ast::SetExpr::Select(select) = query.body.as_mut() else {
-            return;
-        };
-        let mut quals = Vec::new();
-        for from in &mut select.from {
-            let factors = std::iter::once(&mut from.relation)
-                .chain(from.joins.iter_mut().map(|j| &mut j.relation));
-            for factor in factors {
-                match factor {
-                    sql_ast::TableFactor::Table { name, alias, .. } => {
-                        let parts: Vec<String> = name
-                            .0
-                            .iter()
-                            .filter_map(|p| p.as_ident().map(|i| i.value.clone()))
-                            .collect();
-                        if parts == table {
-                            quals.push(match alias {
-                                Some(a) => a.name.to_string(),
-                                None => name.to_string(),
-                            });
-                        }
-                    }
-                    sql_ast::TableFactor::Derived { subquery, .. } => {
-                        visit(subquery, table, predicate, found)
-                    }
-                    _ => {}
-                }
-            }
-        }
-        for qual in quals {
-            *found += 1;
-            let text = predicate.replace("{q}", &qual);
-            let Ok(expr) = Parser::new(&SqlPostgreSqlDialect {})
-                .try_with_sql(&text)
-                .and_then(|mut p| p.parse_expr())
-            else {
-                *found += 100;
-                return;
-            };
-            select.selection = Some(match select.selection.take() {
-                Some(e) => sql_ast::Expr::BinaryOp {
-                    left: Box::new(sql_ast::Expr::Nested(Box::new(e))),
-                    op: sql_ast::BinaryOperator::And,
-                    right: Box::new(sql_ast::Expr::Nested(Box::new(expr))),
-                },
-                None => expr,
-            });
-        }
-    }
-    let sql_ast::Statement::Query(query) = statement else {
-        return false;
-    };
-    let mut found = 0;
-    visit(query, table, predicate, &mut found);
-    found == 1
 }
 
 /// Aliases the top SELECT's `n` items `c0..cN` (and the ORDER BY references
@@ -915,10 +777,6 @@ pub struct RemoteQueryTable {
     fallback: LogicalPlan,
     /// The unparsed subtree, with output columns c0..cN.
     inner: String,
-    /// The same, once per ctid range of its largest table (a join-only
-    /// subtree of a PostgreSQL catalog); empty for one split.
-    split_inners: Vec<String>,
-    split_method: String,
     /// Per output column, its cast select item.
     select: Vec<String>,
     wire_types: Vec<String>,
@@ -926,11 +784,57 @@ pub struct RemoteQueryTable {
 }
 
 impl RemoteQueryTable {
+    /// The sub-plan this query computes.
+    pub(crate) fn sub_plan(&self) -> &LogicalPlan {
+        &self.fallback
+    }
+
+    /// SQL of `column IN (literals)` on an output column of a number or date
+    /// type (or a constant `false`), as a condition on the query's result.
+    fn render_filter(&self, filter: &Expr) -> Option<String> {
+        let ok = match filter {
+            Expr::Literal(datafusion::common::ScalarValue::Boolean(Some(false)), _) => true,
+            Expr::InList(l) => {
+                let column_ok = match &*l.expr {
+                    Expr::Column(c) => self.schema.field_with_name(&c.name).is_ok_and(|f| {
+                        f.data_type().is_integer() || *f.data_type() == DataType::Date32
+                    }),
+                    _ => false,
+                };
+                !l.negated
+                    && column_ok
+                    && l.list
+                        .iter()
+                        .all(|e| matches!(e, Expr::Literal(v, _) if literal_supported(v) && !v.is_null()))
+            }
+            _ => false,
+        };
+        if !ok {
+            return None;
+        }
+        let unqualified = filter
+            .clone()
+            .transform(|e| {
+                Ok(match e {
+                    Expr::Column(c) if c.relation.is_some() => {
+                        Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
+                    }
+                    other => Transformed::no(other),
+                })
+            })
+            .ok()?
+            .data;
+        let dialect = self.info.dialect.unparser_dialect();
+        let sql = Unparser::new(dialect.as_ref()).expr_to_sql(&unqualified).ok()?;
+        Some(sql.to_string())
+    }
+
     /// The original sub-plan, planned in Weft, with this table's columns.
     async fn plan_fallback(
         &self,
         state: &dyn Session,
         indices: &[usize],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
@@ -947,7 +851,26 @@ impl RemoteQueryTable {
         let state = SessionStateBuilder::new_from_existing(state.clone())
             .with_optimizer_rules(rules)
             .build();
-        let logical = state.optimize(&self.fallback)?;
+        // Filters accepted for pushdown name the output columns c0..cN.
+        let mut fallback = self.fallback.clone();
+        if let Some(predicate) = datafusion::logical_expr::utils::conjunction(filters.to_vec()) {
+            let schema = Arc::clone(fallback.schema());
+            let predicate = predicate
+                .transform(|e| {
+                    Ok(match e {
+                        Expr::Column(c) => match c.name.strip_prefix('c').map(str::parse::<usize>) {
+                            Some(Ok(i)) if i < schema.fields().len() => {
+                                Transformed::yes(Expr::Column(Column::from(schema.qualified_field(i))))
+                            }
+                            _ => Transformed::no(Expr::Column(c)),
+                        },
+                        other => Transformed::no(other),
+                    })
+                })?
+                .data;
+            fallback = LogicalPlanBuilder::from(fallback).filter(predicate)?.build()?;
+        }
+        let logical = state.optimize(&fallback)?;
         let plan = DefaultPhysicalPlanner::default()
             .create_physical_plan(&logical, &state)
             .await?;
@@ -980,21 +903,26 @@ impl TableProvider for RemoteQueryTable {
         TableType::Temporary
     }
 
+    /// `IN` lists of numbers or dates on an output column (the key filters
+    /// of [`crate::keyfilter`]); everything else stays in Weft.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![
-            TableProviderFilterPushDown::Unsupported;
-            filters.len()
-        ])
+        Ok(filters
+            .iter()
+            .map(|f| match self.render_filter(f) {
+                Some(_) => TableProviderFilterPushDown::Exact,
+                None => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
     }
 
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let indices: Vec<usize> = match projection {
@@ -1011,7 +939,22 @@ impl TableProvider for RemoteQueryTable {
         } else {
             items.join(", ")
         };
-        let mut query = format!("SELECT {select} FROM ({}) AS q", self.inner);
+        let mut conditions = Vec::with_capacity(filters.len());
+        for f in filters {
+            match self.render_filter(f) {
+                Some(sql) => conditions.push(sql),
+                None => {
+                    return datafusion::common::internal_err!(
+                        "filter {f} was accepted for pushdown but cannot be rendered"
+                    )
+                }
+            }
+        }
+        let filter = match conditions.is_empty() {
+            true => String::new(),
+            false => format!(" WHERE {}", conditions.join(" AND ")),
+        };
+        let mut query = format!("SELECT {select} FROM ({}) AS q{filter}", self.inner);
         if let Some(n) = limit {
             query.push_str(&format!(" LIMIT {n}"));
         }
@@ -1023,24 +966,8 @@ impl TableProvider for RemoteQueryTable {
                 catalog = self.info.source.catalog(),
                 "generated query refused, the sub-plan runs in Weft instead: {e}"
             );
-            return self.plan_fallback(state, &indices, limit).await;
+            return self.plan_fallback(state, &indices, filters, limit).await;
         }
-        // A join read in ctid ranges of its largest table, all under one
-        // snapshot.
-        let mut snapshot = None;
-        if limit.is_none() && self.split_inners.len() > 1 {
-            snapshot = Arc::clone(&self.info.source).export_snapshot().await?;
-        }
-        let (queries, split_method) = match &snapshot {
-            Some(_) => (
-                self.split_inners
-                    .iter()
-                    .map(|inner| format!("SELECT {select} FROM ({inner}) AS q"))
-                    .collect(),
-                self.split_method.clone(),
-            ),
-            None => (vec![query], String::new()),
-        };
         let spec = RemoteScanSpec {
             relation: "query".to_string(),
             schema: Arc::new(self.schema.project(&indices)?),
@@ -1048,15 +975,14 @@ impl TableProvider for RemoteQueryTable {
                 .iter()
                 .map(|&i| self.wire_types[i].clone())
                 .collect(),
-            queries,
-            snapshot: snapshot.as_ref().map(|(id, _)| id.clone()),
-            split_method,
+            queries: vec![query],
+            snapshot: None,
+            split_method: String::new(),
             split_payloads: vec![],
         };
-        let mut exec = RemoteScanExec::try_new(Arc::clone(&self.info.source), spec)?;
-        if let Some((_, keep)) = snapshot {
-            exec = exec.with_keep_alive(keep);
-        }
-        Ok(Arc::new(exec))
+        Ok(Arc::new(RemoteScanExec::try_new(
+            Arc::clone(&self.info.source),
+            spec,
+        )?))
     }
 }

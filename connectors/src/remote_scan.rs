@@ -191,9 +191,49 @@ impl DisplayAs for RemoteScanExec {
                 }
                 Ok(())
             }
-            _ => write!(f, ", sql={}", self.queries[0]),
+            _ => write!(f, ", sql={}", abbreviate_lists(&self.queries[0])),
         }
     }
+}
+
+/// `sql` with every `IN (...)` list of more than 8 items shortened to its
+/// first 8 and a count (key filters can hold thousands of keys).
+fn abbreviate_lists(sql: &str) -> String {
+    const SHOWN: usize = 8;
+    let mut out = String::with_capacity(sql.len().min(4096));
+    let mut rest = sql;
+    while let Some(at) = rest.find(" IN (") {
+        let open = at + " IN (".len();
+        out.push_str(&rest[..open]);
+        rest = &rest[open..];
+        // Top-level items up to the closing parenthesis, outside quotes.
+        let (mut depth, mut quoted, mut items, mut cut, mut close) = (0, false, 1, None, None);
+        for (i, c) in rest.char_indices() {
+            match c {
+                '\'' => quoted = !quoted,
+                '(' if !quoted => depth += 1,
+                ')' if !quoted && depth == 0 => {
+                    close = Some(i);
+                    break;
+                }
+                ')' if !quoted => depth -= 1,
+                ',' if !quoted && depth == 0 => {
+                    if items == SHOWN {
+                        cut = Some(i);
+                    }
+                    items += 1;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(cut), Some(close)) = (cut, close) {
+            out.push_str(&rest[..cut]);
+            out.push_str(&format!(", ... {} more", items - SHOWN));
+            rest = &rest[close..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl ExecutionPlan for RemoteScanExec {
@@ -263,5 +303,24 @@ impl ExecutionPlan for RemoteScanExec {
             stats.num_rows = datafusion::common::stats::Precision::Inexact(rows);
         }
         Ok(Arc::new(stats))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::abbreviate_lists;
+
+    #[test]
+    fn long_in_lists_are_shortened_for_explain() {
+        let keys: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+        let sql = format!(
+            "SELECT a FROM t WHERE (\"k\" IN ({})) AND \"d\" IN (CAST('1994-01-01' AS DATE), CAST('x,)' AS DATE)) AND b = 1",
+            keys.join(", ")
+        );
+        assert_eq!(
+            abbreviate_lists(&sql),
+            "SELECT a FROM t WHERE (\"k\" IN (1, 2, 3, 4, 5, 6, 7, 8, ... 12 more)) AND \"d\" IN (CAST('1994-01-01' AS DATE), CAST('x,)' AS DATE)) AND b = 1"
+        );
+        assert_eq!(abbreviate_lists("x IN (1, 2"), "x IN (1, 2");
     }
 }

@@ -94,9 +94,11 @@ impl Coordinator {
             tracing::error!("{e}; the other catalogs stay available");
         }
         // Whole single-database sub-plans go to the database as one query
-        // (after inner joins are grouped by database where that is safe).
+        // (after inner joins are grouped by database where that is safe);
+        // a small filtered side's join keys filter the other database's scan.
         ctx.add_optimizer_rule(Arc::new(weft_connectors::CatalogJoinGrouping));
         ctx.add_optimizer_rule(Arc::new(weft_connectors::QueryPushdown));
+        ctx.add_optimizer_rule(Arc::new(weft_connectors::KeyFilters));
         let (connectors, errors) = Connectors::from_config(&config.catalogs);
         for e in errors.into_iter().chain(connectors.register(&ctx).await) {
             tracing::error!("{e}; the other catalogs stay available");

@@ -239,8 +239,9 @@ async fn jaffle_data_mesh_across_postgres_and_mariadb() {
 
 /// TPC-H with lineitem and orders in one PostgreSQL database and the other
 /// tables in another: the queries that join both equal one database holding
-/// everything, and the orders-lineitem join runs inside the first database
-/// as one query (inner joins are regrouped by database along key joins).
+/// everything; the orders-lineitem join runs inside the first database as one
+/// query (inner joins are regrouped by database along key joins), filtered by
+/// the join keys of the second database's small filtered side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tpch_across_two_postgres_databases() {
     let dir = tpch_dir(0.05, 2);
@@ -264,7 +265,8 @@ async fn tpch_across_two_postgres_databases() {
     let all = connect(&all_url).await.expect("connect");
     load_tpch(&all, dir).await.expect("load reference");
 
-    // Small splits, so that the pushed orders-lineitem join is read in parts.
+    // Small splits, so that plain scans of lineitem and orders are read in
+    // parts.
     let mut facts_catalog = postgres_catalog(&a_url);
     facts_catalog.split_size = 256 * 1024;
     let cluster = tokio::time::timeout(
@@ -308,23 +310,68 @@ async fn tpch_across_two_postgres_databases() {
             && l.contains(r#""public"."orders""#)
             && l.contains(r#""public"."lineitem""#)
             && l.contains("JOIN")
-            && l.contains("splits=4 (ctid ranges of public.lineitem, one snapshot)")),
-        "orders and lineitem are joined in database a, in 4 ctid ranges of lineitem:\n{plan}"
+            && l.contains("splits=1")
+            && l.contains(r#"WHERE "c1" IN ("#)
+            && l.contains(" more)")),
+        "orders and lineitem are joined in database a as one query, filtered by the \
+         supplier keys of region AFRICA from database b:\n{plan}"
+    );
+    assert!(
+        plan.lines().any(|l| l
+            .contains("RemoteScanExec: catalog=b, kind=postgres, relation=public.customer")
+            && l.contains(r#""c_nationkey" IN ("#)),
+        "customers are read for the nations of region AFRICA only:\n{plan}"
+    );
+
+    let left_join = "select s_name, count(l_orderkey) from supplier left join lineitem \
+         on l_suppkey = s_suppkey and l_shipdate = date '1995-01-01' \
+         where s_nationkey = 3 group by s_name order by s_name";
+    let plan = batch_rows(
+        &cluster
+            .query(&format!("EXPLAIN {}", qualify_tables(left_join, &catalogs)))
+            .await
+            .expect("explain"),
+    )
+    .into_iter()
+    .map(|r| r.join(" "))
+    .collect::<Vec<_>>()
+    .join("\n");
+    assert!(
+        plan.lines().any(|l| l
+            .contains("RemoteScanExec: catalog=a, kind=postgres, relation=public.lineitem")
+            && l.contains(r#""l_suppkey" IN ("#)),
+        "the inner side of a left join is filtered by the keys of the outer side:\n{plan}"
     );
 
     let mut failures = Vec::new();
-    for q in [3, 5, 7, 10, 12, 14, 18, 19, 21] {
-        let text = tpch_query(q);
+    let mut queries: Vec<(String, String)> = [3, 5, 7, 10, 12, 14, 18, 19, 21]
+        .into_iter()
+        .map(|q| (format!("q{q}"), tpch_query(q)))
+        .collect();
+    // No key on the filtered side: the other database's scan reads nothing.
+    queries.push((
+        "q5 without suppliers".into(),
+        tpch_query(5).replace("'AFRICA'", "'ATLANTIS'"),
+    ));
+    // Key filters across an outer join (its inner side) and a semi join.
+    queries.push(("left join".into(), left_join.into()));
+    queries.push((
+        "semi join".into(),
+        "select count(*), sum(l_quantity) from lineitem where l_suppkey in \
+         (select s_suppkey from supplier where s_nationkey = 7)"
+            .into(),
+    ));
+    for (q, text) in queries {
         let want = pg_rows(&all, &text).await.expect("reference query");
         let mut got = Vec::new();
         for statement in split_statements(&qualify_tables(&text, &catalogs)) {
             match cluster.query(&statement).await {
                 Ok(batches) => got = batch_rows(&batches),
-                Err(e) => failures.push(format!("q{q}: {e}")),
+                Err(e) => failures.push(format!("{q}: {e}")),
             }
         }
         if let Err(e) = same_rows(&got, &want) {
-            failures.push(format!("q{q}: {e}"));
+            failures.push(format!("{q}: {e}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

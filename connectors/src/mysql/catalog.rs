@@ -197,7 +197,7 @@ impl MysqlTable {
                 .filter(|c| c.primary_key)
                 .map(|c| c.name.clone())
                 .collect(),
-            heap: None,
+            bytes: (!self.view).then_some(self.bytes),
         }
     }
 

@@ -245,11 +245,7 @@ impl PostgresTable {
                 .map(|c| c.name.clone())
                 .collect(),
             primary_key: self.primary_key.clone(),
-            heap: matches!(self.relkind.as_str(), "r" | "m").then(|| crate::pushdown::HeapSize {
-                pages: self.bytes.div_ceil(self.block_size),
-                bytes: self.bytes,
-                split_size: self.source.config.split_size,
-            }),
+            bytes: matches!(self.relkind.as_str(), "r" | "m").then_some(self.bytes),
         }
     }
 
