@@ -127,8 +127,8 @@ async fn listing_table(
     format: FileFormat,
     location: &str,
 ) -> Result<Arc<ListingTable>, String> {
-    // Formats take the session's table options: the defaults would, for one,
-    // read Parquet strings as Utf8View, which `weft_session_config` turns off.
+    // Formats take the session's table options (`weft_session_config`), so
+    // every process reads the files with the same types.
     let state = ctx.state();
     let table_options = state.table_options();
     let file_format: Arc<dyn DfFileFormat> = match format {

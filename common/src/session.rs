@@ -22,9 +22,12 @@
 //!   other at run time. A task runs only the partitions it owns, so its
 //!   partitions would steal (and read) the files of partitions owned by other
 //!   tasks: every task would read the whole table.
-//! - **Utf8View**: strings are planned as `Utf8`. View arrays reference shared
-//!   buffers; sliced view batches sent over Flight carry whole buffers and have
-//!   produced oversized frames. Plain `Utf8` encodes compactly.
+//! - **Utf8View**: SQL string types are planned as `Utf8`, but Parquet string
+//!   columns are read as `Utf8View`, which decodes faster (TPC-H SF1: total
+//!   1.43x -> 1.37x DataFusion's time, q1 419 -> 329 ms). View arrays reference
+//!   shared buffers, so workers compact them before sending a batch (sliced
+//!   view batches once produced oversized Flight frames), and results leave
+//!   as `Utf8` (`plain_string_output` in the coordinator).
 
 use datafusion::execution::config::SessionConfig;
 
@@ -44,7 +47,7 @@ pub fn weft_session_config(target_partitions: usize) -> SessionConfig {
     opts.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     opts.optimizer.enable_physical_uncorrelated_scalar_subquery = false;
     opts.sql_parser.map_string_types_to_utf8view = false;
-    opts.execution.parquet.schema_force_view_types = false;
+    opts.execution.parquet.schema_force_view_types = true;
     opts.execution.enable_file_stream_work_stealing = false;
     config
 }

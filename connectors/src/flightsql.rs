@@ -4,7 +4,8 @@
 //! The server's schemas become the catalog's schemas: those of its
 //! `catalog` setting, or, when the server has tables in one catalog only,
 //! that one's; a server with several catalogs shows each schema as
-//! `"catalog.schema"`. A scan sends `SELECT <columns> FROM
+//! `"catalog.schema"`. A catalog named `system` (Weft's and Trino's runtime
+//! tables) is left out unless `catalog = "system"`. A scan sends `SELECT <columns> FROM
 //! "catalog"."schema"."table" [WHERE <filters>] [LIMIT n]` when the query is
 //! planned; every endpoint of the returned `FlightInfo` becomes one split, read
 //! with `DoGet` by whichever worker runs it (from the endpoint's location, or
@@ -413,6 +414,9 @@ impl RemoteSource for FlightSqlSource {
         let rows: Vec<TableRow> = rows
             .into_iter()
             .filter(|r| !SYSTEM_SCHEMAS.contains(&r.schema.as_str()))
+            // A server's own `system` catalog (Weft's, Trino's) only when
+            // asked for by name.
+            .filter(|r| self.config.remote_catalog.is_some() || r.catalog.as_deref() != Some("system"))
             .collect();
         let catalogs: std::collections::BTreeSet<Option<&String>> =
             rows.iter().map(|r| r.catalog.as_ref()).collect();

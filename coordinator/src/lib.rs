@@ -24,6 +24,7 @@ pub mod flight_sql;
 pub mod planner;
 pub mod queries;
 pub mod scheduler;
+pub mod system;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +110,17 @@ impl Coordinator {
             config.engine.clone(),
             connectors.codec(),
         ));
+        if engine.ctx.catalog(system::SYSTEM_CATALOG).is_some() {
+            tracing::warn!(
+                "a catalog named \"{}\" is configured; the system tables (system.runtime.*) are not available",
+                system::SYSTEM_CATALOG
+            );
+        } else {
+            engine.ctx.register_catalog(
+                system::SYSTEM_CATALOG,
+                Arc::new(system::SystemCatalog::new(Arc::downgrade(&engine))),
+            );
+        }
 
         let listener = TcpListener::bind(config.listen)
             .await

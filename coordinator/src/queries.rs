@@ -85,6 +85,8 @@ pub struct Query {
     pub id: String,
     pub sql: String,
     pub created: Instant,
+    /// When the query reached a terminal state.
+    ended: Mutex<Option<Instant>>,
     state: Mutex<QueryState>,
     /// Set once running.
     run: Mutex<Option<Arc<RunInfo>>>,
@@ -116,6 +118,12 @@ impl Query {
         self.state.lock().clone()
     }
 
+    /// Time from creation to the end, or until now while it runs.
+    pub fn elapsed(&self) -> Duration {
+        let end = self.ended.lock().unwrap_or_else(Instant::now);
+        end.duration_since(self.created)
+    }
+
     /// Moves to `next` unless the query already ended; returns whether it moved.
     pub fn transition(&self, next: QueryState) -> bool {
         let mut s = self.state.lock();
@@ -125,6 +133,7 @@ impl Query {
         tracing::debug!(query_id = %self.id, from = s.name(), to = next.name(), "query state");
         if next.is_terminal() {
             self.held.lock().clear();
+            *self.ended.lock() = Some(Instant::now());
         }
         *s = next;
         true
@@ -237,6 +246,7 @@ impl QueryManager {
             id: uuid::Uuid::new_v4().to_string(),
             sql: sql.to_string(),
             created: Instant::now(),
+            ended: Mutex::new(None),
             state: Mutex::new(QueryState::Queued),
             run: Mutex::new(None),
             endpoints_done: AtomicUsize::new(0),
@@ -251,6 +261,11 @@ impl QueryManager {
 
     pub fn get(&self, id: &str) -> Option<Arc<Query>> {
         self.queries.lock().get(id).cloned()
+    }
+
+    /// Every query still remembered (ended ones for 10 minutes).
+    pub fn all(&self) -> Vec<Arc<Query>> {
+        self.queries.lock().values().cloned().collect()
     }
 
     /// Queries not yet ended.

@@ -395,3 +395,79 @@ async fn poll_flight_info_reports_progress() {
         "a finished query has nothing more to poll"
     );
 }
+
+fn u64s(batches: &[arrow::record_batch::RecordBatch], col: usize) -> Vec<u64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b
+                .column(col)
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>()
+                .expect("uint64 column");
+            a.values().to_vec()
+        })
+        .collect()
+}
+
+/// 1. `system.runtime.workers` lists the live workers.
+/// 2. While a long query streams, `system.runtime.queries` shows it running
+///    with tasks running, and `system.runtime.stages` its stages with rows
+///    already produced.
+/// 3. A query that has ended shows as finished with every task done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn system_tables_show_queries_stages_and_workers() {
+    let cluster = TestCluster::start(2, options()).await.expect("cluster");
+    let workers = cluster
+        .query("SELECT worker_id, address, slots FROM system.runtime.workers ORDER BY worker_id")
+        .await
+        .expect("workers");
+    let mut ids = cluster.member_ids();
+    ids.sort();
+    assert_eq!(strings(&workers, 0), ids);
+
+    let mut client = cluster.client().await.expect("client");
+    let info = client
+        .execute(LONG_QUERY.to_string(), None)
+        .await
+        .expect("execute");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = client.do_get(ticket).await.expect("do_get");
+    stream.try_next().await.expect("first batch").expect("a batch");
+
+    let running = cluster
+        .query(&format!(
+            "SELECT query_id, state, tasks_running FROM system.runtime.queries WHERE sql = '{LONG_QUERY}'"
+        ))
+        .await
+        .expect("queries");
+    assert_eq!(strings(&running, 1), vec!["running"]);
+    assert!(u64s(&running, 2)[0] > 0, "tasks are running");
+    let id = strings(&running, 0).remove(0);
+    let stages = cluster
+        .query(&format!(
+            "SELECT stage_id, tasks_total, rows_out FROM system.runtime.stages \
+             WHERE query_id = '{id}' ORDER BY stage_id"
+        ))
+        .await
+        .expect("stages");
+    assert!(!u64s(&stages, 1).is_empty(), "the query has stages");
+    assert!(u64s(&stages, 1).iter().all(|&t| t > 0), "every stage has tasks");
+    assert!(
+        u64s(&stages, 2).iter().any(|&r| r > 0),
+        "rows were produced before the first batch arrived"
+    );
+    drop(stream);
+
+    let sql = "SELECT count(*) FROM lineitem";
+    cluster.query(sql).await.expect("count");
+    let done = cluster
+        .query(&format!(
+            "SELECT state, tasks_total, tasks_done, progress FROM system.runtime.queries WHERE sql = '{sql}'"
+        ))
+        .await
+        .expect("queries");
+    assert_eq!(strings(&done, 0), vec!["finished"]);
+    assert!(u64s(&done, 1)[0] > 0);
+    assert_eq!(u64s(&done, 1), u64s(&done, 2));
+}

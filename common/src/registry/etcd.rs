@@ -5,6 +5,11 @@
 //! attached to a lease of `lease_ttl` seconds that it keeps alive every third
 //! of the TTL. A worker that dies stops renewing; etcd deletes its key when the
 //! lease expires and the coordinator's prefix watch drops it from scheduling.
+//!
+//! The keep-alive runs on its own thread, with its own single-threaded tokio
+//! runtime and etcd connection: query work saturating the process's runtime
+//! (DataFusion operators are CPU-bound) must not delay the renewals until
+//! the lease expires under a live worker.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -249,7 +254,8 @@ struct EtcdRegistration {
     client: Client,
     settings: EtcdSettings,
     lease: Arc<Mutex<i64>>,
-    keepalive: Mutex<Option<JoinHandle<()>>>,
+    /// Stops the keep-alive thread (on drop or revoke).
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl std::fmt::Debug for EtcdRegistration {
@@ -260,20 +266,24 @@ impl std::fmt::Debug for EtcdRegistration {
     }
 }
 
+impl EtcdRegistration {
+    fn stop_keepalive(&self) {
+        if let Some(stop) = self.stop.lock().take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 impl Drop for EtcdRegistration {
     fn drop(&mut self) {
-        if let Some(h) = self.keepalive.lock().take() {
-            h.abort();
-        }
+        self.stop_keepalive();
     }
 }
 
 #[async_trait::async_trait]
 impl Registration for EtcdRegistration {
     async fn revoke(&self) -> Result<(), RegistryError> {
-        if let Some(h) = self.keepalive.lock().take() {
-            h.abort();
-        }
+        self.stop_keepalive();
         let lease = *self.lease.lock();
         self.client
             .clone()
@@ -322,12 +332,44 @@ async fn put_with_new_lease(
     Ok(lease)
 }
 
-async fn keepalive_loop(
-    mut client: Client,
+/// Starts the keep-alive thread of a registration; it ends when `stop`
+/// fires or its sender is dropped.
+fn spawn_keepalive(
     settings: EtcdSettings,
     info: WorkerInfo,
     lease: Arc<Mutex<i64>>,
-) {
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("weft-etcd-lease".to_string())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = stop => {}
+                    _ = keepalive_loop(settings, info, lease) => {}
+                }
+            })
+        })?;
+    Ok(())
+}
+
+async fn keepalive_loop(settings: EtcdSettings, info: WorkerInfo, lease: Arc<Mutex<i64>>) {
+    // This runtime's own connection (a client's channel lives on the
+    // runtime that created it).
+    let mut backoff = Duration::from_millis(200);
+    let mut client = loop {
+        match connect_once(&settings).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(worker = %info.id, "lease keep-alive: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
     let period = Duration::from_millis((settings.lease_ttl_secs.max(1) as u64 * 1000) / 3);
     loop {
         let id = *lease.lock();
@@ -377,17 +419,19 @@ impl Registry for EtcdRegistry {
         let mut client = self.client.clone();
         let lease_id = put_with_new_lease(&mut client, &self.settings, &info).await?;
         let lease = Arc::new(Mutex::new(lease_id));
-        let handle = tokio::spawn(keepalive_loop(
-            client.clone(),
-            self.settings.clone(),
-            info,
-            Arc::clone(&lease),
-        ));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        spawn_keepalive(self.settings.clone(), info, Arc::clone(&lease), stopped).map_err(
+            |e| RegistryError::Operation {
+                endpoints: self.settings.display(),
+                operation: "starting the lease keep-alive thread",
+                message: e.to_string(),
+            },
+        )?;
         Ok(Box::new(EtcdRegistration {
             client,
             settings: self.settings.clone(),
             lease,
-            keepalive: Mutex::new(Some(handle)),
+            stop: Mutex::new(Some(stop)),
         }))
     }
 
