@@ -41,6 +41,10 @@ enum Cmd {
         /// TPC-H scale factor of the sample catalog.
         #[arg(long, env = "WEFT_SAMPLE_SCALE", default_value_t = 0.01)]
         sample_scale: f64,
+        /// Clients read results from the workers directly instead of
+        /// through the coordinator.
+        #[arg(long, env = "WEFT_DIRECT_RESULTS")]
+        direct_results: bool,
     },
     /// Run SQL against a coordinator and print the results.
     Sql {
@@ -85,7 +89,8 @@ async fn main() {
             listen,
             catalogs,
             sample_scale,
-        } => local(workers, listen, catalogs, sample_scale).await,
+            direct_results,
+        } => local(workers, listen, catalogs, sample_scale, direct_results).await,
         Cmd::Sql {
             coordinator,
             execute,
@@ -104,6 +109,7 @@ async fn local(
     listen: SocketAddr,
     catalogs: Option<PathBuf>,
     scale: f64,
+    direct_results: bool,
 ) -> anyhow::Result<()> {
     let _sample_dir;
     let catalogs = match catalogs {
@@ -139,8 +145,9 @@ async fn local(
         config.catalogs = catalogs.clone();
         handles.push(Worker::start(config, Arc::clone(&registry) as Arc<dyn Registry>).await?);
     }
-    let coordinator =
-        Coordinator::start(CoordinatorConfig::new(listen, catalogs), registry.members()).await?;
+    let mut config = CoordinatorConfig::new(listen, catalogs);
+    config.engine.direct_results = direct_results;
+    let coordinator = Coordinator::start(config, registry.members()).await?;
     println!("Weft is running: {} worker(s)", handles.len());
     println!("Flight SQL: {}", coordinator.url());
     println!(
@@ -206,10 +213,24 @@ async fn run(
         let Some(ticket) = endpoint.ticket else {
             continue;
         };
-        let stream = client
-            .do_get(ticket)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
+        // An endpoint with a location is read there (coordinators started
+        // with --direct-results point at the workers).
+        let stream = match endpoint.location.first() {
+            Some(location) => {
+                let url = weft_common::flight::location_url(&location.uri).ok_or_else(|| {
+                    anyhow::anyhow!("result endpoint at unsupported location {}", location.uri)
+                })?;
+                let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+                    .connect()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot reach result endpoint {url}: {e}"))?;
+                let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+                    .max_decoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE);
+                FlightSqlServiceClient::new_from_inner(inner).do_get(ticket).await
+            }
+            None => client.do_get(ticket).await,
+        }
+        .map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
         let mut part: Vec<RecordBatch> = stream
             .try_collect()
             .await

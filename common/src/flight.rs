@@ -105,6 +105,17 @@ impl ClientPool {
 
 /// True for errors that mean "could not talk to the node" rather than "the
 /// node ran the request and it failed". Only these may be retried.
+/// The `http(s)://host:port` URL of a Flight location (`grpc://`,
+/// `grpc+tcp://`, `grpc+tls://`), for endpoints that name where to read.
+pub fn location_url(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    match scheme {
+        "grpc" | "grpc+tcp" | "http" => Some(format!("http://{rest}")),
+        "grpc+tls" | "https" => Some(format!("https://{rest}")),
+        _ => None,
+    }
+}
+
 pub fn is_transport_error(status: &tonic::Status) -> bool {
     matches!(
         status.code(),

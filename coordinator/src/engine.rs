@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::{FlightData, Ticket};
 use datafusion::error::DataFusionError;
@@ -35,6 +36,9 @@ pub struct EngineSettings {
     /// A running query whose results nobody starts reading within this time
     /// is cancelled, so an abandoned GetFlightInfo does not hold workers.
     pub result_timeout: std::time::Duration,
+    /// Result endpoints point at the workers (clients read them directly)
+    /// instead of at the coordinator.
+    pub direct_results: bool,
 }
 
 impl Default for EngineSettings {
@@ -44,6 +48,7 @@ impl Default for EngineSettings {
             max_tasks_per_stage: None,
             compression: String::new(),
             result_timeout: std::time::Duration::from_secs(300),
+            direct_results: false,
         }
     }
 }
@@ -192,6 +197,7 @@ impl Engine {
             stages: Vec::new(),
             endpoints: Vec::new(),
             workers: used_workers.clone(),
+            direct: false,
         });
         *query.run_slot() = Some(provisional);
         let locations = scheduler::launch_all(
@@ -222,7 +228,15 @@ impl Engine {
             stages: locations,
             endpoints,
             workers: used_workers,
+            direct: self.settings.direct_results,
         }));
+        if self.settings.direct_results {
+            tokio::spawn(follow_direct_query(
+                Arc::clone(&self.clients),
+                Arc::clone(query),
+                self.settings.result_timeout,
+            ));
+        }
         tracing::info!(
             query_id = %query.id,
             stages = graph.stages.len(),
@@ -374,6 +388,55 @@ impl Engine {
                     scheduler::notify_workers(&self.clients, &run.workers, &q.id, true).await;
                 }
             }
+        }
+    }
+}
+
+/// Follows a query whose clients read the results from the workers: it
+/// ends when every result endpoint has been read to its end, fails when a
+/// task fails, and is cancelled when its results stop moving for
+/// `timeout` (a client that went away).
+async fn follow_direct_query(clients: Arc<ClientPool>, query: Arc<Query>, timeout: Duration) {
+    let Some(run) = query.run_info() else { return };
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut opened = false;
+    let mut last = (0, 0, 0);
+    let mut last_change = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        if query.state().is_terminal() {
+            return;
+        }
+        let progress = query.progress(&clients).await;
+        let (ended, cancel) = if let Some(error) = progress.error {
+            (query.transition(QueryState::Failed(error)), true)
+        } else {
+            let last_stage = progress.stages.last().cloned().unwrap_or_default();
+            if last_stage.outputs_opened > 0 && !opened {
+                opened = true;
+                query.stream_opened();
+            }
+            let now = (
+                last_stage.outputs_opened,
+                last_stage.outputs_read,
+                progress.stages.iter().map(|s| s.rows_out).sum::<u64>(),
+            );
+            if now != last {
+                last = now;
+                last_change = tokio::time::Instant::now();
+            }
+            if last_stage.outputs_read >= run.endpoints.len() as u64 {
+                (query.transition(QueryState::Finished), false)
+            } else if opened && last_change.elapsed() > timeout {
+                tracing::warn!(query_id = %query.id, "results stopped moving for {timeout:?}; cancelling");
+                (query.transition(QueryState::Cancelled), true)
+            } else {
+                (false, false)
+            }
+        };
+        if ended {
+            scheduler::notify_workers(&clients, &run.workers, &query.id, cancel).await;
+            return;
         }
     }
 }

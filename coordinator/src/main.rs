@@ -39,6 +39,11 @@ struct Args {
     /// Seconds after which a query whose results nobody started reading is cancelled.
     #[arg(long, env = "WEFT_RESULT_TIMEOUT", default_value_t = 300)]
     result_timeout: u64,
+    /// Result endpoints point at the workers, so clients read results from
+    /// them directly (they must reach every worker's advertised address)
+    /// instead of through the coordinator.
+    #[arg(long, env = "WEFT_DIRECT_RESULTS")]
+    direct_results: bool,
     /// Seconds to keep retrying etcd at startup.
     #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
     etcd_connect_timeout: u64,
@@ -62,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     config.engine.target_partitions = args.target_partitions;
     config.engine.max_tasks_per_stage = args.max_tasks_per_stage;
     config.engine.result_timeout = Duration::from_secs(args.result_timeout);
+    config.engine.direct_results = args.direct_results;
     config.engine.compression = match args.exchange_compression.as_str() {
         "none" => String::new(),
         other => other.to_string(),

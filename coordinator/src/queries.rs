@@ -58,6 +58,9 @@ pub struct StageProgress {
     pub tasks_failed: usize,
     pub rows_out: u64,
     pub bytes_out: u64,
+    /// Task outputs a reader opened, and read to their end.
+    pub outputs_opened: u64,
+    pub outputs_read: u64,
 }
 
 /// Progress of a query: per stage, and the fraction of tasks done.
@@ -65,6 +68,8 @@ pub struct StageProgress {
 pub struct QueryProgress {
     pub state: String,
     pub stages: Vec<StageProgress>,
+    /// The first failed task's error, naming the task and its worker.
+    pub error: Option<String>,
 }
 
 impl QueryProgress {
@@ -106,6 +111,8 @@ pub struct RunInfo {
     pub endpoints: Vec<(TaskLocation, u32)>,
     /// Distinct workers `(id, address)` running tasks of the query.
     pub workers: Vec<(String, String)>,
+    /// Clients read the endpoints from the workers directly.
+    pub direct: bool,
 }
 
 impl Query {
@@ -177,6 +184,7 @@ impl Query {
         let mut progress = QueryProgress {
             state: state.name().to_string(),
             stages: Vec::new(),
+            error: None,
         };
         let Some(run) = self.run_info() else {
             return progress;
@@ -205,8 +213,9 @@ impl Query {
                 },
             )
         });
-        for reply in futures::future::join_all(calls).await.into_iter().flatten() {
-            let Ok(status) = QueryStatus::decode(reply) else {
+        let replies = futures::future::join_all(calls).await;
+        for ((worker, address), reply) in run.workers.iter().zip(replies) {
+            let Ok(Ok(status)) = reply.map(QueryStatus::decode) else {
                 continue;
             };
             for t in status.tasks {
@@ -216,6 +225,14 @@ impl Query {
                 };
                 s.rows_out += t.rows_out;
                 s.bytes_out += t.bytes_out;
+                s.outputs_opened += u64::from(t.outputs_opened);
+                s.outputs_read += u64::from(t.outputs_read);
+                if t.state == TaskState::Failed as i32 && progress.error.is_none() {
+                    progress.error = Some(format!(
+                        "task {}.{} on worker {worker} at {address} failed: {}",
+                        id.stage_id, id.task_index, t.error
+                    ));
+                }
                 if state == QueryState::Finished {
                     continue;
                 }

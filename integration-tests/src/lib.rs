@@ -44,6 +44,8 @@ pub struct ClusterOptions {
     pub target_partitions: Option<usize>,
     pub max_tasks_per_stage: Option<usize>,
     pub compression: String,
+    /// Clients read results from the workers.
+    pub direct_results: bool,
 }
 
 impl Default for ClusterOptions {
@@ -56,6 +58,7 @@ impl Default for ClusterOptions {
             target_partitions: None,
             max_tasks_per_stage: None,
             compression: String::new(),
+            direct_results: false,
         }
     }
 }
@@ -101,6 +104,7 @@ impl TestCluster {
         config.engine.target_partitions = options.target_partitions;
         config.engine.max_tasks_per_stage = options.max_tasks_per_stage;
         config.engine.compression = options.compression.clone();
+        config.engine.direct_results = options.direct_results;
         let coordinator = Coordinator::start(config, members).await?;
         let mut cluster = Self {
             coordinator,
@@ -219,7 +223,15 @@ pub async fn read_all(
         let Some(ticket) = endpoint.ticket.clone() else {
             continue;
         };
-        let mut stream = client.do_get(ticket).await?;
+        // An endpoint with a location is read there (direct results).
+        let mut stream = match endpoint.location.first() {
+            Some(location) => {
+                let url = weft_common::flight::location_url(&location.uri)
+                    .ok_or_else(|| anyhow::anyhow!("unsupported location {}", location.uri))?;
+                connect(&url).await?.do_get(ticket).await?
+            }
+            None => client.do_get(ticket).await?,
+        };
         while let Some(batch) = stream.try_next().await? {
             if batch.schema().as_ref() != &announced {
                 anyhow::bail!(

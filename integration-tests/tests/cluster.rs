@@ -471,3 +471,61 @@ async fn system_tables_show_queries_stages_and_workers() {
     assert!(u64s(&done, 1)[0] > 0);
     assert_eq!(u64s(&done, 1), u64s(&done, 2));
 }
+
+/// With direct results, the FlightInfo's endpoints name the workers; a client
+/// reads them there and gets the same rows as through the coordinator, and
+/// the query then ends as finished with every task released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn direct_results_are_read_from_the_workers() {
+    let mut opts = options();
+    opts.direct_results = true;
+    let cluster = TestCluster::start(2, opts).await.expect("cluster");
+    let sql = "SELECT l_returnflag, l_linestatus, count(*) AS n FROM lineitem \
+               GROUP BY l_returnflag, l_linestatus ORDER BY 1, 2";
+    let mut client = cluster.client().await.expect("client");
+    let info = client.execute(sql.to_string(), None).await.expect("execute");
+    let workers: Vec<String> = cluster
+        .live_workers()
+        .map(|w| w.address().trim_start_matches("http://").to_string())
+        .collect();
+    assert!(!info.endpoint.is_empty());
+    for e in &info.endpoint {
+        let uri = &e.location.first().expect("a location").uri;
+        assert!(
+            workers.iter().any(|w| uri == &format!("grpc+tcp://{w}")),
+            "{uri} is a worker ({workers:?})"
+        );
+    }
+    let direct = read_all(&mut client, &info).await.expect("direct read");
+
+    let proxied = TestCluster::start(2, options()).await.expect("cluster");
+    let want = proxied.query(sql).await.expect("proxied");
+    assert_eq!(strings(&direct, 0), strings(&want, 0));
+    let counts = |b: &[arrow::record_batch::RecordBatch]| -> Vec<i64> {
+        b.iter()
+            .flat_map(|b| {
+                b.column(2)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("int64")
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    };
+    assert_eq!(counts(&direct), counts(&want));
+
+    let finished = eventually(Duration::from_secs(10), || {
+        cluster.live_workers().all(|w| w.tasks().task_count() == 0)
+    })
+    .await;
+    assert!(finished, "every task is released once the results were read");
+    let state = cluster
+        .query(&format!(
+            "SELECT state FROM system.runtime.queries WHERE sql = '{}'",
+            sql.replace('\'', "''")
+        ))
+        .await
+        .expect("queries");
+    assert_eq!(strings(&state, 0), vec!["finished"]);
+}

@@ -134,6 +134,7 @@ impl FlightService for WorkerService {
                 let cut_short = futures::stream::once(async move {
                         // The channel closed: either the producer finished or it was stopped.
                         if task.output_completed(partition) {
+                            task.output_read();
                             None
                         } else {
                             Some(Err(datafusion::error::DataFusionError::Execution(format!(

@@ -102,6 +102,9 @@ pub struct RunningTask {
     state: Mutex<(TaskState, String)>,
     rows_out: AtomicU64,
     bytes_out: AtomicU64,
+    /// Exclusive outputs taken by a reader, and read to their end.
+    outputs_opened: std::sync::atomic::AtomicU32,
+    outputs_read: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Debug)]
@@ -198,7 +201,14 @@ impl RunningTask {
             error,
             rows_out: self.rows_out.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            outputs_opened: self.outputs_opened.load(Ordering::SeqCst),
+            outputs_read: self.outputs_read.load(Ordering::SeqCst),
         }
+    }
+
+    /// Records that a reader drained an exclusive output to its end.
+    pub fn output_read(&self) {
+        self.outputs_read.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Whether output `partition` was produced to its end.
@@ -353,6 +363,8 @@ impl TaskManager {
             state: Mutex::new((TaskState::Running, String::new())),
             rows_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            outputs_opened: Default::default(),
+            outputs_read: Default::default(),
         });
         {
             let mut tasks = self.tasks.lock();
@@ -407,12 +419,15 @@ impl TaskManager {
             }
             Some(Output::Replay(r)) => OutputStream::Replay(Arc::clone(r)),
             Some(Output::Exclusive(slot)) => {
-                OutputStream::Exclusive(slot.lock().take().ok_or_else(|| {
-                    TaskError::AlreadyConsumed {
+                let rx = slot
+                    .lock()
+                    .take()
+                    .ok_or_else(|| TaskError::AlreadyConsumed {
                         task: id.clone(),
                         partition,
-                    }
-                })?)
+                    })?;
+                task.outputs_opened.fetch_add(1, Ordering::SeqCst);
+                OutputStream::Exclusive(rx)
             }
         };
         Ok((task, stream))

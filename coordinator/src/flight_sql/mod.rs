@@ -152,6 +152,9 @@ pub fn flight_info_for(query: &Query, descriptor: FlightDescriptor) -> Result<Fl
     let run = query
         .run_info()
         .ok_or_else(|| Status::internal(format!("query {} has no running plan", query.id)))?;
+    if run.direct {
+        return direct_flight_info(query, &run, descriptor);
+    }
     let endpoints = (0..run.endpoints.len())
         .map(|i| {
             let handle = ResultTicket {
@@ -175,16 +178,66 @@ pub fn flight_info_for(query: &Query, descriptor: FlightDescriptor) -> Result<Fl
     Ok(info)
 }
 
+/// A FlightInfo whose endpoints are the final tasks' outputs on the workers.
+fn direct_flight_info(
+    query: &Query,
+    run: &crate::queries::RunInfo,
+    descriptor: FlightDescriptor,
+) -> Result<FlightInfo, Status> {
+    let last_stage = run.stages.len().saturating_sub(1) as u32;
+    let endpoints = run
+        .endpoints
+        .iter()
+        .map(|(location, output)| {
+            let ticket = weft_proto::PartitionTicket {
+                task: Some(weft_proto::TaskId {
+                    query_id: query.id.clone(),
+                    stage_id: last_stage,
+                    task_index: location.task_index,
+                }),
+                partition: *output,
+            };
+            let address = location
+                .address
+                .split_once("://")
+                .map_or(location.address.as_str(), |(_, a)| a);
+            FlightEndpoint::new()
+                .with_ticket(Ticket::new(ticket.encode_to_vec()))
+                .with_location(format!("grpc+tcp://{address}"))
+        })
+        .collect();
+    let info = FlightInfo::new()
+        .try_with_schema(&run.schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoints(endpoints)
+        .with_descriptor(descriptor)
+        .with_ordered(run.endpoints.len() > 1)
+        .with_total_records(-1)
+        .with_total_bytes(-1);
+    Ok(info)
+}
+
 /// Query ids named by the tickets of a FlightInfo.
 pub fn query_ids_of(info: &FlightInfo) -> Vec<String> {
     let mut ids: Vec<String> = info
         .endpoint
         .iter()
         .filter_map(|e| e.ticket.as_ref())
-        .filter_map(|t| Any::decode(&*t.ticket).ok())
-        .filter_map(|any| any.unpack::<TicketStatementQuery>().ok().flatten())
-        .filter_map(|t| ResultTicket::decode(&*t.statement_handle).ok())
-        .map(|r| r.query_id)
+        .filter_map(|t| {
+            let statement = Any::decode(&*t.ticket)
+                .ok()
+                .and_then(|any| any.unpack::<TicketStatementQuery>().ok().flatten())
+                .and_then(|t| ResultTicket::decode(&*t.statement_handle).ok())
+                .map(|r| r.query_id);
+            // Direct results: the ticket is a worker's partition ticket.
+            statement.or_else(|| {
+                weft_proto::PartitionTicket::decode(&*t.ticket)
+                    .ok()
+                    .and_then(|p| p.task)
+                    .map(|task| task.query_id)
+            })
+        })
+        .filter(|id| !id.is_empty())
         .collect();
     ids.sort();
     ids.dedup();
