@@ -2,8 +2,9 @@
 # Runs Weft's whole test suite on a fresh machine.
 #
 # Installs what the tests need when missing (protoc, etcd, PostgreSQL,
-# MariaDB, and ADBC's Flight SQL driver for Python), starts etcd, PostgreSQL
-# and MariaDB on private ports with temporary data directories, runs
+# MariaDB, ADBC's Flight SQL driver for Python and moto's S3 server), starts
+# etcd, PostgreSQL, MariaDB and an S3 endpoint on private ports with
+# temporary data directories, runs
 # `cargo test --workspace` and stops them afterwards. Extra arguments go to
 # `cargo test`.
 set -euo pipefail
@@ -34,15 +35,24 @@ if ! python3 -c 'import adbc_driver_flightsql, pyarrow' >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check adbc-driver-flightsql pyarrow
 fi
 
+# moto's S3 server, for files catalogs on an object store.
+if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+  echo "== installing moto[server] (pip)"
+  python3 -m pip install -q --disable-pip-version-check "moto[server]"
+fi
+
 work=$(mktemp -d -t weft-test-XXXXXX)
 etcd_pid=""
+s3_pid=""
 cleanup() {
   pg_stop "$work/pg"
   my_stop "$work/my"
-  if [ -n "$etcd_pid" ]; then
-    kill "$etcd_pid" 2>/dev/null || true
-    wait "$etcd_pid" 2>/dev/null || true
-  fi
+  for pid in "$etcd_pid" "$s3_pid"; do
+    if [ -n "$pid" ]; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -78,6 +88,23 @@ export WEFT_TEST_PG="$PG_URL"
 
 my_start "$work/my"
 export WEFT_TEST_MYSQL="$MY_URL"
+
+s3_port=$(free_port)
+echo "== starting moto S3 server on 127.0.0.1:$s3_port"
+python3 -m moto.server -H 127.0.0.1 -p "$s3_port" >"$work/s3.log" 2>&1 &
+s3_pid=$!
+for _ in $(seq 1 100); do
+  if curl -fs "http://127.0.0.1:$s3_port/" >/dev/null 2>&1; then
+    break
+  fi
+  if ! kill -0 "$s3_pid" 2>/dev/null; then
+    echo "moto S3 server failed to start:" >&2
+    cat "$work/s3.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+export WEFT_TEST_S3="http://127.0.0.1:$s3_port"
 
 echo "== cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --workspace "$@"

@@ -127,6 +127,7 @@ async fn local(
                 CatalogConfig::Files {
                     path: dir.path().to_string_lossy().to_string(),
                     format: FileFormat::Parquet,
+                    storage: Default::default(),
                 },
             );
             c.default_catalog = Some("sample".to_string());

@@ -14,7 +14,8 @@ use datafusion::datasource::listing::{
 };
 use datafusion::prelude::SessionContext;
 
-use crate::config::{CatalogConfig, CatalogsConfig, FileFormat};
+use crate::config::{CatalogConfig, CatalogsConfig, FileFormat, StorageOptions};
+use crate::object_stores::catalog_store;
 
 /// Schema that a `files` catalog puts its tables in.
 pub const FILES_SCHEMA: &str = "public";
@@ -45,8 +46,12 @@ pub async fn register_catalogs(ctx: &SessionContext, config: &CatalogsConfig) ->
     let mut errors = Vec::new();
     for (name, catalog) in &config.catalogs {
         match catalog {
-            CatalogConfig::Files { path, format } => {
-                match files_catalog(ctx, name, path, *format).await {
+            CatalogConfig::Files {
+                path,
+                format,
+                storage,
+            } => {
+                match files_catalog(ctx, name, path, *format, storage).await {
                     Ok(provider) => {
                         ctx.register_catalog(name, provider);
                     }
@@ -60,11 +65,57 @@ pub async fn register_catalogs(ctx: &SessionContext, config: &CatalogsConfig) ->
     errors
 }
 
+/// The entries directly under a files catalog's path: (name, is a
+/// directory, location URL or path).
+async fn list_entries(
+    ctx: &SessionContext,
+    path: &str,
+    storage: &StorageOptions,
+) -> Result<Vec<(String, bool, String)>, String> {
+    if let Some(store) = catalog_store(path, storage) {
+        let s = store?;
+        ctx.runtime_env()
+            .register_object_store(&s.root, Arc::clone(&s.store));
+        let prefix = (!s.prefix.as_ref().is_empty()).then_some(&s.prefix);
+        let listing = s
+            .store
+            .list_with_delimiter(prefix)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut entries = Vec::new();
+        for dir in listing.common_prefixes {
+            let name = dir.filename().unwrap_or_default().to_string();
+            entries.push((name, true, format!("{}{dir}/", s.root)));
+        }
+        for object in listing.objects {
+            let name = object.location.filename().unwrap_or_default().to_string();
+            entries.push((name, false, format!("{}{}", s.root, object.location)));
+        }
+        return Ok(entries);
+    }
+    let dir = path.strip_prefix("file://").unwrap_or(path);
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            let is_dir = p.is_dir();
+            let mut location = p.to_string_lossy().to_string();
+            if is_dir && !location.ends_with('/') {
+                location.push('/');
+            }
+            (e.file_name().to_string_lossy().to_string(), is_dir, location)
+        })
+        .collect();
+    Ok(entries)
+}
+
 async fn files_catalog(
     ctx: &SessionContext,
     name: &str,
     path: &str,
     format: FileFormat,
+    storage: &StorageOptions,
 ) -> Result<Arc<dyn CatalogProvider>, CatalogError> {
     let list_err = |message: String| CatalogError::List {
         catalog: name.to_string(),
@@ -72,26 +123,13 @@ async fn files_catalog(
         message,
     };
     let schema = Arc::new(MemorySchemaProvider::new());
-    if path.contains("://") && !path.starts_with("file://") {
-        return Err(list_err(
-            "only local paths are supported for files catalogs in this version; mount the bucket or copy the files"
-                .to_string(),
-        ));
-    }
-    let dir = path.strip_prefix("file://").unwrap_or(path);
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| list_err(e.to_string()))?
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
+    let mut entries = list_entries(ctx, path, storage).await.map_err(list_err)?;
+    entries.sort();
     let ext = format.extension();
-    for entry in entries {
-        let file_name = entry.file_name().to_string_lossy().to_string();
+    for (file_name, is_dir, location) in entries {
         if file_name.starts_with('.') || file_name.starts_with('_') {
             continue;
         }
-        let entry_path = entry.path();
-        let is_dir = entry_path.is_dir();
         let table = if is_dir {
             file_name.clone()
         } else if let Some(stem) = file_name.strip_suffix(ext) {
@@ -99,10 +137,6 @@ async fn files_catalog(
         } else {
             continue;
         };
-        let mut location = entry_path.to_string_lossy().to_string();
-        if is_dir && !location.ends_with('/') {
-            location.push('/');
-        }
         let provider = listing_table(ctx, format, &location)
             .await
             .map_err(|message| CatalogError::Table {

@@ -9,6 +9,23 @@
 //! format = "parquet"            # parquet | csv | json
 //! ```
 //!
+//! `path` may also be an object-store URL (`s3://bucket/prefix`, `gs://`,
+//! `az://`, `abfs://`, `https://`); the store's settings come from the usual
+//! environment variables (`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT`,
+//! `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...) and from
+//! `[catalogs.NAME.storage]`, whose keys are object_store's configuration
+//! keys:
+//!
+//! ```toml
+//! [catalogs.lake]
+//! kind = "files"
+//! path = "s3://analytics/tpch"
+//! [catalogs.lake.storage]
+//! aws_endpoint = "http://10.0.0.9:9000"
+//! aws_allow_http = "true"
+//! aws_secret_access_key = "${ENV:LAKE_SECRET}"
+//! ```
+//!
 //! ```toml
 //! [catalogs.customersdb]
 //! kind = "postgres"
@@ -70,7 +87,12 @@ pub struct CatalogsConfig {
 pub enum CatalogConfig {
     /// A directory (or object-store prefix) of files; each entry directly under
     /// it is one table in schema `public`.
-    Files { path: String, format: FileFormat },
+    Files {
+        path: String,
+        format: FileFormat,
+        /// Object-store settings (`[catalogs.NAME.storage]`).
+        storage: StorageOptions,
+    },
     /// A PostgreSQL database; its schemas and tables appear as they are.
     Postgres(DatabaseConfig),
     /// A MySQL or MariaDB server; its databases appear as schemas.
@@ -78,6 +100,32 @@ pub enum CatalogConfig {
     /// A Flight SQL server (another Weft cluster included); the schemas of
     /// its catalog appear as they are.
     FlightSql(DatabaseConfig),
+}
+
+/// Object-store configuration keys and values of a files catalog. `Debug`
+/// hides the values of keys that look like secrets.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StorageOptions(pub BTreeMap<String, String>);
+
+impl StorageOptions {
+    fn secret(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        ["secret", "password", "token", "key", "sas", "credential"]
+            .iter()
+            .any(|s| k.contains(s))
+            && !k.ends_with("key_id")
+    }
+}
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if Self::secret(k) { "***" } else { v.as_str() };
+                (k, shown)
+            }))
+            .finish()
+    }
 }
 
 /// A connection URL that may hold a password. `Debug` and `Display` hide it.
@@ -304,11 +352,44 @@ fn parse_catalog(
     match kind.as_str() {
         "files" => {
             for key in table.keys() {
-                if !["kind", "path", "format"].contains(&key.as_str()) {
+                if !["kind", "path", "format", "storage"].contains(&key.as_str()) {
                     return Err(field_err(
                         "kind",
-                        format!("unknown field `{key}` for kind \"files\" (expected path, format)"),
+                        format!(
+                            "unknown field `{key}` for kind \"files\" (expected path, format, storage)"
+                        ),
                     ));
+                }
+            }
+            let mut storage = StorageOptions::default();
+            match table.get("storage") {
+                None => {}
+                Some(toml::Value::Table(options)) => {
+                    for (key, value) in options {
+                        let value = match value {
+                            toml::Value::String(s) => {
+                                substitute_env(s).map_err(|m| field_err("storage", format!("{key}: {m}")))?
+                            }
+                            toml::Value::Boolean(b) => b.to_string(),
+                            toml::Value::Integer(i) => i.to_string(),
+                            other => {
+                                return Err(field_err(
+                                    "storage",
+                                    format!("{key}: expected a string, found {}", other.type_str()),
+                                ))
+                            }
+                        };
+                        storage.0.insert(key.clone(), value);
+                    }
+                }
+                Some(other) => {
+                    return Err(field_err(
+                        "storage",
+                        format!(
+                            "expected a table of object-store settings, found {}",
+                            other.type_str()
+                        ),
+                    ))
                 }
             }
             let path_value = get_str("path")?.ok_or_else(|| {
@@ -331,6 +412,7 @@ fn parse_catalog(
             Ok(CatalogConfig::Files {
                 path: path_value,
                 format,
+                storage,
             })
         }
         "postgres" => parse_database(
@@ -616,10 +698,34 @@ mod tests {
             c.catalogs["tpch"],
             CatalogConfig::Files {
                 path: "/d".into(),
-                format: FileFormat::Csv
+                format: FileFormat::Csv,
+                storage: StorageOptions::default(),
             }
         );
         assert_eq!(c.effective_default(), Some("tpch"));
+    }
+
+    #[test]
+    fn files_catalog_storage_options_hide_secrets() {
+        std::env::set_var("WEFT_TEST_LAKE_SECRET_X", "s3cr3t");
+        let c = parse(
+            "[catalogs.lake]\nkind = \"files\"\npath = \"s3://b/p\"\n\
+             [catalogs.lake.storage]\naws_endpoint = \"http://h:9000\"\naws_allow_http = true\n\
+             aws_access_key_id = \"AK\"\naws_secret_access_key = \"${ENV:WEFT_TEST_LAKE_SECRET_X}\"\n",
+        )
+        .unwrap();
+        let CatalogConfig::Files { storage, .. } = &c.catalogs["lake"] else {
+            panic!("files catalog");
+        };
+        assert_eq!(storage.0["aws_allow_http"], "true");
+        assert_eq!(storage.0["aws_secret_access_key"], "s3cr3t");
+        let shown = format!("{:?}", c);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("AK") && shown.contains("http://h:9000"), "{shown}");
+        let e = parse("[catalogs.lake]\nkind = \"files\"\npath = \"s3://b\"\nstorage = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field `storage`"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod codec;
 pub mod config;
 pub mod exchange;
 pub mod flight;
+pub mod object_stores;
 pub mod registry;
 pub mod sample;
 pub mod session;

@@ -304,6 +304,7 @@ pub fn files_catalog(name: &str, path: &Path) -> CatalogsConfig {
         CatalogConfig::Files {
             path: path.to_string_lossy().to_string(),
             format: FileFormat::Parquet,
+            storage: Default::default(),
         },
     );
     c.default_catalog = Some(name.to_string());

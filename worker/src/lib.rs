@@ -128,11 +128,15 @@ impl Worker {
             tracing::error!("{e}; the other catalogs stay available");
         }
         let codec = WeftCodec::new(Arc::new(ClientPool::new())).with_extension(connectors.codec());
-        let tasks = Arc::new(TaskManager::new(
-            id.clone(),
-            runtime(config.memory_limit)?,
-            codec,
-        ));
+        let runtime = runtime(config.memory_limit)?;
+        // Files catalogs on object stores: plans name the URL, this process
+        // supplies the store and its credentials.
+        for (catalog, message) in
+            weft_common::object_stores::register_object_stores(&runtime, &config.catalogs)
+        {
+            tracing::error!("catalog \"{catalog}\": {message}; its tables cannot be read here");
+        }
+        let tasks = Arc::new(TaskManager::new(id.clone(), runtime, codec));
         let service = FlightServiceServer::new(WorkerService::new(Arc::clone(&tasks)))
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
