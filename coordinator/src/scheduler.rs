@@ -73,8 +73,8 @@ pub fn place(
         .collect())
 }
 
-/// Launches every task, upstream stages first. On error the caller cancels
-/// the query on all workers.
+/// Launches every task of every stage concurrently. On error the caller
+/// cancels the query on all workers.
 pub async fn launch_all(
     query_id: &str,
     graph: &StageGraph,
@@ -99,12 +99,15 @@ pub async fn launch_all(
         })
         .collect();
     let options = session_options_for_tasks(config);
+    // Every task of every stage is launched at once (readers wait for an
+    // upstream task that is not registered yet), so starting a query costs
+    // one round trip, not one per stage.
+    let mut launches = Vec::new();
     for stage in &graph.stages {
         let encode_err = |e: datafusion::error::DataFusionError| ScheduleError::Encode {
             stage: stage.id,
             message: e.to_string(),
         };
-        let mut launches = Vec::with_capacity(stage.tasks);
         for (t, worker) in placement[stage.id as usize]
             .iter()
             .enumerate()
@@ -154,8 +157,8 @@ pub async fn launch_all(
                 Ok(())
             });
         }
-        futures::future::try_join_all(launches).await?;
     }
+    futures::future::try_join_all(launches).await?;
     Ok(locations)
 }
 

@@ -25,6 +25,9 @@ use weft_proto::{PartitionTicket, TaskId, TaskLocation};
 
 use crate::flight::{is_transport_error, ClientPool};
 
+/// How long a reader waits for an upstream task that is not launched yet.
+const UPSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How a reader maps its partitions onto upstream task outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReaderMode {
@@ -285,10 +288,23 @@ impl ExecutionPlan for StageReaderExec {
                     }
                 };
                 let mut client = client;
-                let response = client
-                    .do_get(Ticket::new(ticket.encode_to_vec()))
-                    .await
-                    .map_err(describe)?;
+                // The coordinator launches every stage at once, so the
+                // upstream task may not be registered yet: retry briefly.
+                let deadline = tokio::time::Instant::now() + UPSTREAM_WAIT;
+                let mut backoff = std::time::Duration::from_millis(1);
+                let response = loop {
+                    match client.do_get(Ticket::new(ticket.encode_to_vec())).await {
+                        Ok(r) => break r,
+                        Err(status)
+                            if status.code() == tonic::Code::NotFound
+                                && tokio::time::Instant::now() + backoff < deadline =>
+                        {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(std::time::Duration::from_millis(20));
+                        }
+                        Err(status) => return Err(describe(status)),
+                    }
+                };
                 let mut stream = FlightRecordBatchStream::new_from_flight_data(
                     response.into_inner().map_err(|s| FlightError::Tonic(Box::new(s))),
                 );
