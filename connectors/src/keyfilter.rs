@@ -19,8 +19,9 @@
 //! - the source's tables are at least [`SIZE_RATIO`] times smaller than the
 //!   target's (so reading the keys is cheap beside what it saves),
 //! - both columns are integers or both dates,
-//! - and the path from the join to the target scan keeps rows whole (no
-//!   limit, no preserved side of an outer join, no window).
+//! - and the path from the join to the target scan passes rows on whole
+//!   (no limit, no window; through an outer, semi or anti join only into
+//!   the side whose rows it returns).
 //!
 //! The target scan's table is wrapped in a [`KeyFilteredTable`]; when the
 //! scan is planned (at planning time, before any task runs) it reads the
@@ -220,7 +221,8 @@ struct Traced {
 /// Follows `col` of `plan` down to a remote scan through nodes that pass its
 /// values on unchanged. With `target`, only through nodes where dropping
 /// scan rows whose value has no partner drops exactly the output rows that
-/// have none (no limit, not into the preserved side of an outer join).
+/// have none (no limit; through an outer, semi or anti join only into the
+/// side whose rows it returns, e.g. the left side of a left join).
 fn trace(plan: &LogicalPlan, col: &Column, target: bool) -> Option<Traced> {
     let down = |child: usize, plan: &LogicalPlan, col: &Column| {
         let mut t = trace(plan, col, target)?;
