@@ -98,9 +98,15 @@ pub(crate) async fn fedjoin(
     queries: Vec<usize>,
 ) -> anyhow::Result<()> {
     if let Some(q) = queries.iter().find(|q| !QUERIES.contains(q)) {
-        anyhow::bail!("--queries: q{q} does not join tables of both databases; choose from {QUERIES:?}");
+        anyhow::bail!(
+            "--queries: q{q} does not join tables of both databases; choose from {QUERIES:?}"
+        );
     }
-    let queries = if queries.is_empty() { QUERIES.to_vec() } else { queries };
+    let queries = if queries.is_empty() {
+        QUERIES.to_vec()
+    } else {
+        queries
+    };
     let dir =
         data.unwrap_or_else(|| std::env::temp_dir().join(format!("weft-bench-tpch-sf{scale}")));
     if !dir.join("lineitem").exists() {

@@ -227,7 +227,9 @@ async fn run(
                     .map_err(|e| anyhow::anyhow!("cannot reach result endpoint {url}: {e}"))?;
                 let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
                     .max_decoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE);
-                FlightSqlServiceClient::new_from_inner(inner).do_get(ticket).await
+                FlightSqlServiceClient::new_from_inner(inner)
+                    .do_get(ticket)
+                    .await
             }
             None => client.do_get(ticket).await,
         }

@@ -50,14 +50,12 @@ pub async fn register_catalogs(ctx: &SessionContext, config: &CatalogsConfig) ->
                 path,
                 format,
                 storage,
-            } => {
-                match files_catalog(ctx, name, path, *format, storage).await {
-                    Ok(provider) => {
-                        ctx.register_catalog(name, provider);
-                    }
-                    Err(e) => errors.push(e),
+            } => match files_catalog(ctx, name, path, *format, storage).await {
+                Ok(provider) => {
+                    ctx.register_catalog(name, provider);
                 }
-            }
+                Err(e) => errors.push(e),
+            },
             // Database catalogs are registered by `weft-connectors`.
             CatalogConfig::Postgres(_) | CatalogConfig::Mysql(_) | CatalogConfig::FlightSql(_) => {}
         }
@@ -104,7 +102,11 @@ async fn list_entries(
             if is_dir && !location.ends_with('/') {
                 location.push('/');
             }
-            (e.file_name().to_string_lossy().to_string(), is_dir, location)
+            (
+                e.file_name().to_string_lossy().to_string(),
+                is_dir,
+                location,
+            )
         })
         .collect();
     Ok(entries)

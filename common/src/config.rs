@@ -367,9 +367,8 @@ fn parse_catalog(
                 Some(toml::Value::Table(options)) => {
                     for (key, value) in options {
                         let value = match value {
-                            toml::Value::String(s) => {
-                                substitute_env(s).map_err(|m| field_err("storage", format!("{key}: {m}")))?
-                            }
+                            toml::Value::String(s) => substitute_env(s)
+                                .map_err(|m| field_err("storage", format!("{key}: {m}")))?,
                             toml::Value::Boolean(b) => b.to_string(),
                             toml::Value::Integer(i) => i.to_string(),
                             other => {
@@ -721,7 +720,10 @@ mod tests {
         assert_eq!(storage.0["aws_secret_access_key"], "s3cr3t");
         let shown = format!("{:?}", c);
         assert!(!shown.contains("s3cr3t"), "{shown}");
-        assert!(shown.contains("AK") && shown.contains("http://h:9000"), "{shown}");
+        assert!(
+            shown.contains("AK") && shown.contains("http://h:9000"),
+            "{shown}"
+        );
         let e = parse("[catalogs.lake]\nkind = \"files\"\npath = \"s3://b\"\nstorage = 3\n")
             .unwrap_err()
             .to_string();

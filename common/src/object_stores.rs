@@ -29,10 +29,7 @@ pub struct CatalogStore {
 
 /// `None` for local paths (plain or `file://`); otherwise the store of `path`
 /// built from the environment and `storage`, or why it cannot be.
-pub fn catalog_store(
-    path: &str,
-    storage: &StorageOptions,
-) -> Option<Result<CatalogStore, String>> {
+pub fn catalog_store(path: &str, storage: &StorageOptions) -> Option<Result<CatalogStore, String>> {
     if !path.contains("://") || path.starts_with("file://") {
         return None;
     }

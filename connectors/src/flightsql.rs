@@ -416,7 +416,9 @@ impl RemoteSource for FlightSqlSource {
             .filter(|r| !SYSTEM_SCHEMAS.contains(&r.schema.as_str()))
             // A server's own `system` catalog (Weft's, Trino's) only when
             // asked for by name.
-            .filter(|r| self.config.remote_catalog.is_some() || r.catalog.as_deref() != Some("system"))
+            .filter(|r| {
+                self.config.remote_catalog.is_some() || r.catalog.as_deref() != Some("system")
+            })
             .collect();
         let catalogs: std::collections::BTreeSet<Option<&String>> =
             rows.iter().map(|r| r.catalog.as_ref()).collect();

@@ -174,7 +174,10 @@ fn reduce(
         return Ok(None);
     }
     // The source scan alone (its pushed filters included), distinct keys.
-    let column = src.scan.projected_schema.qualified_field_with_unqualified_name(&src.column)?;
+    let column = src
+        .scan
+        .projected_schema
+        .qualified_field_with_unqualified_name(&src.column)?;
     let keys = LogicalPlanBuilder::from(LogicalPlan::TableScan(src.scan.clone()))
         .aggregate(vec![Expr::Column(Column::from(column))], Vec::<Expr>::new())?
         .limit(0, Some(MAX_KEYS + 1))?

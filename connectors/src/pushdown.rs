@@ -495,10 +495,7 @@ impl ExprCheck<'_> {
 
 /// The replacement of `plan` by one remote query, or `None` if a type cannot
 /// be read back.
-fn remote_query(
-    plan: &LogicalPlan,
-    info: &QueryTableInfo,
-) -> Result<Option<LogicalPlan>> {
+fn remote_query(plan: &LogicalPlan, info: &QueryTableInfo) -> Result<Option<LogicalPlan>> {
     let schema = plan.schema();
     let mut outputs = Vec::with_capacity(schema.fields().len());
     for (i, f) in schema.fields().iter().enumerate() {
@@ -825,7 +822,9 @@ impl RemoteQueryTable {
             .ok()?
             .data;
         let dialect = self.info.dialect.unparser_dialect();
-        let sql = Unparser::new(dialect.as_ref()).expr_to_sql(&unqualified).ok()?;
+        let sql = Unparser::new(dialect.as_ref())
+            .expr_to_sql(&unqualified)
+            .ok()?;
         Some(sql.to_string())
     }
 
@@ -858,17 +857,21 @@ impl RemoteQueryTable {
             let predicate = predicate
                 .transform(|e| {
                     Ok(match e {
-                        Expr::Column(c) => match c.name.strip_prefix('c').map(str::parse::<usize>) {
-                            Some(Ok(i)) if i < schema.fields().len() => {
-                                Transformed::yes(Expr::Column(Column::from(schema.qualified_field(i))))
+                        Expr::Column(c) => {
+                            match c.name.strip_prefix('c').map(str::parse::<usize>) {
+                                Some(Ok(i)) if i < schema.fields().len() => Transformed::yes(
+                                    Expr::Column(Column::from(schema.qualified_field(i))),
+                                ),
+                                _ => Transformed::no(Expr::Column(c)),
                             }
-                            _ => Transformed::no(Expr::Column(c)),
-                        },
+                        }
                         other => Transformed::no(other),
                     })
                 })?
                 .data;
-            fallback = LogicalPlanBuilder::from(fallback).filter(predicate)?.build()?;
+            fallback = LogicalPlanBuilder::from(fallback)
+                .filter(predicate)?
+                .build()?;
         }
         let logical = state.optimize(&fallback)?;
         let plan = DefaultPhysicalPlanner::default()

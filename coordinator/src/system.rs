@@ -162,10 +162,9 @@ impl RuntimeTableProvider {
             RuntimeTable::Queries | RuntimeTable::Stages => {
                 let mut queries = engine.queries.all();
                 queries.sort_by_key(|q| q.created);
-                let progress = futures::future::join_all(
-                    queries.iter().map(|q| q.progress(&engine.clients)),
-                )
-                .await;
+                let progress =
+                    futures::future::join_all(queries.iter().map(|q| q.progress(&engine.clients)))
+                        .await;
                 match self.table {
                     RuntimeTable::Queries => {
                         let mut id = StringBuilder::new();
@@ -173,8 +172,11 @@ impl RuntimeTableProvider {
                         let mut error = StringBuilder::new();
                         let mut elapsed = Int64Builder::new();
                         let mut stages = UInt32Builder::new();
-                        let (mut total, mut running, mut done) =
-                            (UInt64Builder::new(), UInt64Builder::new(), UInt64Builder::new());
+                        let (mut total, mut running, mut done) = (
+                            UInt64Builder::new(),
+                            UInt64Builder::new(),
+                            UInt64Builder::new(),
+                        );
                         let mut fraction = Float64Builder::new();
                         let mut sql = StringBuilder::new();
                         for (q, p) in queries.iter().zip(&progress) {

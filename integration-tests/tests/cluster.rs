@@ -433,7 +433,11 @@ async fn system_tables_show_queries_stages_and_workers() {
         .expect("execute");
     let ticket = info.endpoint[0].ticket.clone().expect("ticket");
     let mut stream = client.do_get(ticket).await.expect("do_get");
-    stream.try_next().await.expect("first batch").expect("a batch");
+    stream
+        .try_next()
+        .await
+        .expect("first batch")
+        .expect("a batch");
 
     let running = cluster
         .query(&format!(
@@ -452,7 +456,10 @@ async fn system_tables_show_queries_stages_and_workers() {
         .await
         .expect("stages");
     assert!(!u64s(&stages, 1).is_empty(), "the query has stages");
-    assert!(u64s(&stages, 1).iter().all(|&t| t > 0), "every stage has tasks");
+    assert!(
+        u64s(&stages, 1).iter().all(|&t| t > 0),
+        "every stage has tasks"
+    );
     assert!(
         u64s(&stages, 2).iter().any(|&r| r > 0),
         "rows were produced before the first batch arrived"
@@ -483,7 +490,10 @@ async fn direct_results_are_read_from_the_workers() {
     let sql = "SELECT l_returnflag, l_linestatus, count(*) AS n FROM lineitem \
                GROUP BY l_returnflag, l_linestatus ORDER BY 1, 2";
     let mut client = cluster.client().await.expect("client");
-    let info = client.execute(sql.to_string(), None).await.expect("execute");
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .expect("execute");
     let workers: Vec<String> = cluster
         .live_workers()
         .map(|w| w.address().trim_start_matches("http://").to_string())
@@ -519,7 +529,10 @@ async fn direct_results_are_read_from_the_workers() {
         cluster.live_workers().all(|w| w.tasks().task_count() == 0)
     })
     .await;
-    assert!(finished, "every task is released once the results were read");
+    assert!(
+        finished,
+        "every task is released once the results were read"
+    );
     let state = cluster
         .query(&format!(
             "SELECT state FROM system.runtime.queries WHERE sql = '{}'",

@@ -11,8 +11,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_common::config::{CatalogConfig, CatalogsConfig, FileFormat, StorageOptions};
 use weft_integration_tests::{
-    canonical_rows, qualify_tables, tpch_dir, tpch_query, ClusterOptions,
-    TestCluster,
+    canonical_rows, qualify_tables, tpch_dir, tpch_query, ClusterOptions, TestCluster,
 };
 
 const BUCKET: &str = "weft-lake";

@@ -420,13 +420,13 @@ impl Registry for EtcdRegistry {
         let lease_id = put_with_new_lease(&mut client, &self.settings, &info).await?;
         let lease = Arc::new(Mutex::new(lease_id));
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        spawn_keepalive(self.settings.clone(), info, Arc::clone(&lease), stopped).map_err(
-            |e| RegistryError::Operation {
+        spawn_keepalive(self.settings.clone(), info, Arc::clone(&lease), stopped).map_err(|e| {
+            RegistryError::Operation {
                 endpoints: self.settings.display(),
                 operation: "starting the lease keep-alive thread",
                 message: e.to_string(),
-            },
-        )?;
+            }
+        })?;
         Ok(Box::new(EtcdRegistration {
             client,
             settings: self.settings.clone(),
