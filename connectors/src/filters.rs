@@ -118,21 +118,7 @@ impl PushdownRules {
         if !self.supported(expr) {
             return None;
         }
-        // Table qualifiers name Weft's catalog, not the remote table.
-        let unqualified = expr
-            .clone()
-            .transform(|e| {
-                Ok(match e {
-                    Expr::Column(c) if c.relation.is_some() => {
-                        Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
-                    }
-                    other => Transformed::no(other),
-                })
-            })
-            .ok()?
-            .data;
-        let sql = Unparser::new(dialect).expr_to_sql(&unqualified).ok()?;
-        Some(sql.to_string())
+        render_unqualified(expr, dialect)
     }
 
     /// For `supports_filters_pushdown`: `Exact` for the filters the source
@@ -245,6 +231,25 @@ impl PushdownRules {
             _ => false,
         }
     }
+}
+
+/// The SQL of `expr` with its columns unqualified (table qualifiers name
+/// Weft's catalog, not the remote table), or `None` if it cannot be unparsed.
+pub(crate) fn render_unqualified(expr: &Expr, dialect: &dyn Dialect) -> Option<String> {
+    let unqualified = expr
+        .clone()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) if c.relation.is_some() => {
+                    Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
+                }
+                other => Transformed::no(other),
+            })
+        })
+        .ok()?
+        .data;
+    let sql = Unparser::new(dialect).expr_to_sql(&unqualified).ok()?;
+    Some(sql.to_string())
 }
 
 /// `col = 'x'`, `col <> 'x'` or `col IN ('x', ...)` on a blank-padded column

@@ -52,7 +52,9 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::unparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use datafusion::sql::unparser::Unparser;
 
-use crate::filters::{literal_supported, padded_comparison, widening, SourceSyntax};
+use crate::filters::{
+    literal_supported, padded_comparison, render_unqualified, widening, SourceSyntax,
+};
 use crate::mysql::catalog::MysqlTable;
 use crate::postgres::catalog::PostgresTable;
 use crate::remote_scan::{RemoteScanExec, RemoteScanSpec};
@@ -809,23 +811,8 @@ impl RemoteQueryTable {
         if !ok {
             return None;
         }
-        let unqualified = filter
-            .clone()
-            .transform(|e| {
-                Ok(match e {
-                    Expr::Column(c) if c.relation.is_some() => {
-                        Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
-                    }
-                    other => Transformed::no(other),
-                })
-            })
-            .ok()?
-            .data;
         let dialect = self.info.dialect.unparser_dialect();
-        let sql = Unparser::new(dialect.as_ref())
-            .expr_to_sql(&unqualified)
-            .ok()?;
-        Some(sql.to_string())
+        render_unqualified(filter, dialect.as_ref())
     }
 
     /// The original sub-plan, planned in Weft, with this table's columns.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, StringArray};
+use arrow::datatypes::UInt64Type;
 use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables};
 use arrow_flight::{Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus};
 use futures::TryStreamExt;
@@ -400,12 +401,9 @@ fn u64s(batches: &[arrow::record_batch::RecordBatch], col: usize) -> Vec<u64> {
     batches
         .iter()
         .flat_map(|b| {
-            let a = b
-                .column(col)
-                .as_any()
-                .downcast_ref::<arrow::array::UInt64Array>()
-                .expect("uint64 column");
-            a.values().to_vec()
+            arrow::array::AsArray::as_primitive::<UInt64Type>(b.column(col))
+                .values()
+                .to_vec()
         })
         .collect()
 }

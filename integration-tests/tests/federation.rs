@@ -193,25 +193,14 @@ async fn jaffle_data_mesh_across_postgres_and_mariadb() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // Each source gets its own scan with the filters it can evaluate.
-    let plan = batch_rows(
-        &cluster
-            .query(&format!(
-                "EXPLAIN {}",
-                render(
-                    QUERIES[2],
-                    "crm.public.customers",
-                    &shop_orders,
-                    "billing.public.payments"
-                )
-                .replace("WHERE", "WHERE p.amount > 1000 AND")
-            ))
-            .await
-            .expect("explain"),
+    let sql = render(
+        QUERIES[2],
+        "crm.public.customers",
+        &shop_orders,
+        "billing.public.payments",
     )
-    .into_iter()
-    .map(|r| r.join(" "))
-    .collect::<Vec<_>>()
-    .join("\n");
+    .replace("WHERE", "WHERE p.amount > 1000 AND");
+    let plan = explain(&cluster, &sql).await;
     let scans: Vec<&str> = plan
         .lines()
         .filter(|l| l.contains("RemoteScanExec"))
@@ -294,16 +283,7 @@ async fn tpch_across_two_postgres_databases() {
         .collect();
 
     let q5 = qualify_tables(&tpch_query(5), &catalogs);
-    let plan = batch_rows(
-        &cluster
-            .query(&format!("EXPLAIN {q5}"))
-            .await
-            .expect("explain"),
-    )
-    .into_iter()
-    .map(|r| r.join(" "))
-    .collect::<Vec<_>>()
-    .join("\n");
+    let plan = explain(&cluster, &q5).await;
     assert!(
         plan.lines().any(|l| l
             .contains("RemoteScanExec: catalog=a, kind=postgres, relation=query")
@@ -326,16 +306,7 @@ async fn tpch_across_two_postgres_databases() {
     let left_join = "select s_name, count(l_orderkey) from supplier left join lineitem \
          on l_suppkey = s_suppkey and l_shipdate = date '1995-01-01' \
          where s_nationkey = 3 group by s_name order by s_name";
-    let plan = batch_rows(
-        &cluster
-            .query(&format!("EXPLAIN {}", qualify_tables(left_join, &catalogs)))
-            .await
-            .expect("explain"),
-    )
-    .into_iter()
-    .map(|r| r.join(" "))
-    .collect::<Vec<_>>()
-    .join("\n");
+    let plan = explain(&cluster, &qualify_tables(left_join, &catalogs)).await;
     assert!(
         plan.lines().any(|l| l
             .contains("RemoteScanExec: catalog=a, kind=postgres, relation=public.lineitem")
@@ -375,4 +346,18 @@ async fn tpch_across_two_postgres_databases() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The lines of `EXPLAIN sql` on `cluster`.
+async fn explain(cluster: &TestCluster, sql: &str) -> String {
+    batch_rows(
+        &cluster
+            .query(&format!("EXPLAIN {sql}"))
+            .await
+            .expect("explain"),
+    )
+    .into_iter()
+    .map(|r| r.join(" "))
+    .collect::<Vec<_>>()
+    .join("\n")
 }

@@ -299,7 +299,7 @@ impl PostgresTable {
             Some(n) => n,
             None => split_count(self.bytes, self.source.config.split_size, max_splits),
         };
-        Ok((ctid_splits(pages, n, "ctid"), "ctid ranges".to_string()))
+        Ok((ctid_splits(pages, n), "ctid ranges".to_string()))
     }
 }
 

@@ -11,9 +11,9 @@
 //! All splits of one scan read under one exported snapshot, so together they
 //! return exactly the rows of a single read even while other sessions write.
 
-/// `n` ctid range predicates over a table of `pages` heap pages; `ctid` is
-/// the (possibly qualified) ctid column.
-pub fn ctid_splits(pages: u64, n: usize, ctid: &str) -> Vec<String> {
+/// `n` ctid range predicates over a table of `pages` heap pages.
+pub fn ctid_splits(pages: u64, n: usize) -> Vec<String> {
+    let ctid = "ctid";
     let n = (n as u64).clamp(1, pages.max(1));
     if n == 1 {
         return vec![];
@@ -40,8 +40,8 @@ mod tests {
 
     #[test]
     fn ctid_ranges_cover_every_page() {
-        assert!(ctid_splits(10, 1, "ctid").is_empty());
-        let p = ctid_splits(10, 3, "ctid");
+        assert!(ctid_splits(10, 1).is_empty());
+        let p = ctid_splits(10, 3);
         assert_eq!(
             p,
             vec![
@@ -51,6 +51,6 @@ mod tests {
             ]
         );
         // More splits than pages: one per page.
-        assert_eq!(ctid_splits(2, 8, "ctid").len(), 2);
+        assert_eq!(ctid_splits(2, 8).len(), 2);
     }
 }
