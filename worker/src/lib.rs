@@ -119,7 +119,7 @@ impl Worker {
         });
         let info = WorkerInfo {
             id: id.clone(),
-            address,
+            address: address.clone(),
             slots: config.slots.max(1),
             version: weft_common::VERSION.to_string(),
         };
@@ -136,7 +136,7 @@ impl Worker {
         {
             tracing::error!("catalog \"{catalog}\": {message}; its tables cannot be read here");
         }
-        let tasks = Arc::new(TaskManager::new(id.clone(), runtime, codec));
+        let tasks = TaskManager::new(id.clone(), address, runtime, codec);
         let service = FlightServiceServer::new(WorkerService::new(Arc::clone(&tasks)))
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);

@@ -12,7 +12,7 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 use weft_common::flight::actions;
@@ -20,7 +20,7 @@ use weft_proto::{
     CancelResult, LaunchTask, LaunchTaskResult, PartitionTicket, QueryRef, QueryStatus,
 };
 
-use crate::tasks::{OutputStream, TaskError, TaskManager};
+use crate::tasks::{TaskError, TaskManager};
 
 /// Flight service of a worker.
 #[derive(Debug, Clone)]
@@ -120,34 +120,7 @@ impl FlightService for WorkerService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket: PartitionTicket = decode(&request.get_ref().ticket, "partition ticket")?;
         let id = ticket.task.unwrap_or_default();
-        let (task, output) = self.tasks.open_output(&id, ticket.partition)?;
-        let batches: Pin<
-            Box<
-                dyn Stream<Item = datafusion::error::Result<arrow::record_batch::RecordBatch>>
-                    + Send,
-            >,
-        > = match output {
-            OutputStream::Exclusive(rx) => {
-                let task = Arc::clone(&task);
-                let partition = ticket.partition as usize;
-                let worker = self.tasks.worker_id().to_string();
-                let cut_short = futures::stream::once(async move {
-                        // The channel closed: either the producer finished or it was stopped.
-                        if task.output_completed(partition) {
-                            task.output_read();
-                            None
-                        } else {
-                            Some(Err(datafusion::error::DataFusionError::Execution(format!(
-                                "weft: task {} on worker {worker} stopped before finishing output {partition} (query cancelled or worker stopping)",
-                                task.id
-                            ))))
-                        }
-                    })
-                    .filter_map(futures::future::ready);
-                Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).chain(cut_short))
-            }
-            OutputStream::Replay(buffer) => Box::pin(buffer.reader()),
-        };
+        let (task, batches) = self.tasks.output_batches(&id, ticket.partition)?;
         let compression = match task.compression.as_str() {
             "lz4" => Some(CompressionType::LZ4_FRAME),
             "zstd" => Some(CompressionType::ZSTD),

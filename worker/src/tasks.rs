@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
@@ -21,11 +21,13 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use weft_common::codec::WeftCodec;
+use weft_common::exchange::{LocalExchange, LocalOpenError, LocalOutputs};
 use weft_common::session::{apply_session_options, weft_session_config};
 use weft_proto::{LaunchTask, OutputMode, TaskId, TaskState, TaskStatus};
 
@@ -69,6 +71,8 @@ fn key(t: &TaskId) -> Key {
 /// Everything the worker knows about its tasks.
 pub struct TaskManager {
     worker_id: String,
+    /// Given to every task so readers of this worker's outputs skip Flight.
+    local: LocalExchange,
     tasks: Mutex<HashMap<Key, Arc<RunningTask>>>,
     runtime: Arc<RuntimeEnv>,
     base: SessionContext,
@@ -181,7 +185,7 @@ impl ReplayBuffer {
 }
 
 /// A consumer's view of one task output.
-pub enum OutputStream {
+enum OutputStream {
     Exclusive(mpsc::Receiver<Result<RecordBatch>>),
     Replay(Arc<ReplayBuffer>),
 }
@@ -243,13 +247,45 @@ impl RunningTask {
     }
 }
 
+/// This worker's outputs as seen by its own tasks' readers.
+struct OwnOutputs(Weak<TaskManager>);
+
+impl LocalOutputs for OwnOutputs {
+    fn open(
+        &self,
+        task: &TaskId,
+        partition: u32,
+    ) -> std::result::Result<BoxStream<'static, Result<RecordBatch>>, LocalOpenError> {
+        let Some(manager) = self.0.upgrade() else {
+            return Err(LocalOpenError::Failed("weft: worker is stopped".into()));
+        };
+        match manager.output_batches(task, partition) {
+            Ok((_, stream)) => Ok(stream),
+            Err(e @ TaskError::NotFound { .. }) => Err(LocalOpenError::NotFound(e.to_string())),
+            Err(e) => Err(LocalOpenError::Failed(e.to_string())),
+        }
+    }
+}
+
 impl TaskManager {
-    pub fn new(worker_id: String, runtime: Arc<RuntimeEnv>, codec: WeftCodec) -> Self {
+    /// `address` is the Flight address this worker advertises (task
+    /// locations name it).
+    pub fn new(
+        worker_id: String,
+        address: String,
+        runtime: Arc<RuntimeEnv>,
+        codec: WeftCodec,
+    ) -> Arc<Self> {
         let base = SessionContext::new_with_config_rt(
             weft_session_config(weft_common::session::DEFAULT_TARGET_PARTITIONS),
             Arc::clone(&runtime),
         );
-        Self {
+        Arc::new_cyclic(|me| Self {
+            local: LocalExchange::new(
+                worker_id.clone(),
+                address,
+                Arc::new(OwnOutputs(Weak::clone(me))),
+            ),
             worker_id,
             tasks: Mutex::new(HashMap::new()),
             runtime,
@@ -258,7 +294,7 @@ impl TaskManager {
             accepting: AtomicBool::new(true),
             killed: AtomicBool::new(false),
             launched: AtomicU64::new(0),
-        }
+        })
     }
 
     pub fn stop_accepting(&self) {
@@ -297,7 +333,8 @@ impl TaskManager {
     }
 
     fn task_context(&self, request: &LaunchTask, id: &TaskId) -> Result<Arc<TaskContext>> {
-        let mut config = weft_session_config(weft_common::session::DEFAULT_TARGET_PARTITIONS);
+        let mut config = weft_session_config(weft_common::session::DEFAULT_TARGET_PARTITIONS)
+            .with_extension(Arc::new(self.local.clone()));
         apply_session_options(&mut config, request.session_options.iter())?;
         let base = self.base.task_ctx();
         Ok(Arc::new(TaskContext::new(
@@ -390,7 +427,7 @@ impl TaskManager {
     }
 
     /// Takes the stream of one output for a consumer.
-    pub fn open_output(
+    fn open_output(
         &self,
         id: &TaskId,
         partition: u32,
@@ -429,6 +466,44 @@ impl TaskManager {
                 task.outputs_opened.fetch_add(1, Ordering::SeqCst);
                 OutputStream::Exclusive(rx)
             }
+        };
+        Ok((task, stream))
+    }
+
+    /// The batches of one output for a consumer (a `DoGet` or a reader on
+    /// this worker). An exclusive output whose producer was stopped before
+    /// its end ends with an error, so a consumer never mistakes a cut-short
+    /// output for a complete one; one read to its end counts as read.
+    pub fn output_batches(
+        &self,
+        id: &TaskId,
+        partition: u32,
+    ) -> std::result::Result<(Arc<RunningTask>, BoxStream<'static, Result<RecordBatch>>), TaskError>
+    {
+        let (task, output) = self.open_output(id, partition)?;
+        let stream = match output {
+            OutputStream::Exclusive(rx) => {
+                let task = Arc::clone(&task);
+                let partition = partition as usize;
+                let worker = self.worker_id.clone();
+                let cut_short = futures::stream::once(async move {
+                    // The channel closed: either the producer finished or it was stopped.
+                    if task.output_completed(partition) {
+                        task.output_read();
+                        None
+                    } else {
+                        Some(Err(DataFusionError::Execution(format!(
+                            "weft: task {} on worker {worker} stopped before finishing output {partition} (query cancelled or worker stopping)",
+                            task.id
+                        ))))
+                    }
+                })
+                .filter_map(futures::future::ready);
+                tokio_stream::wrappers::ReceiverStream::new(rx)
+                    .chain(cut_short)
+                    .boxed()
+            }
+            OutputStream::Replay(buffer) => buffer.reader().boxed(),
         };
         Ok((task, stream))
     }

@@ -23,10 +23,13 @@ use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use weft_proto::{PartitionTicket, TaskId, TaskLocation};
 
+use super::local::{LocalExchange, LocalOpenError};
 use crate::flight::{is_transport_error, ClientPool};
 
 /// How long a reader waits for an upstream task that is not launched yet.
 const UPSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(1);
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How a reader maps its partitions onto upstream task outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,9 @@ pub enum ReaderMode {
 /// ```text
 ///   upstream task t ──output 0──► StageReaderExec partition t      (t in 0..T)
 /// ```
+/// An upstream task on the reader's own worker is read in process
+/// ([`LocalExchange`]), without IPC encoding.
+///
 /// Streams connect as soon as `execute` is called and are driven by spawned
 /// tasks owned by the returned stream: dropping it closes the `DoGet`s, which
 /// tells the upstream worker to stop producing for this consumer.
@@ -252,24 +258,41 @@ impl ExecutionPlan for StageReaderExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let sources = self.sources(partition)?;
+        let local = context.session_config().get_extension::<LocalExchange>();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.schema), 2);
         for (location, output) in sources {
             let tx = builder.tx();
-            let client = self.clients.client(&location.address)?;
-            let ticket = PartitionTicket {
-                task: Some(TaskId {
-                    query_id: self.query_id.clone(),
-                    stage_id: self.stage_id,
-                    task_index: location.task_index,
-                }),
-                partition: output,
+            let task = TaskId {
+                query_id: self.query_id.clone(),
+                stage_id: self.stage_id,
+                task_index: location.task_index,
             };
             let schema = Arc::clone(&self.schema);
             let stage_id = self.stage_id;
+            if let Some(local) = local.as_ref().filter(|l| l.serves(&location)) {
+                let local = Arc::clone(local);
+                builder.spawn(async move {
+                    let mut stream = open_local(&local, &task, output, stage_id).await?;
+                    while let Some(batch) = stream.next().await {
+                        let batch = RecordBatch::try_new(Arc::clone(&schema), batch?.columns().to_vec())?;
+                        if tx.send(Ok(batch)).await.is_err() {
+                            // The consumer is gone; dropping the stream stops the producer.
+                            break;
+                        }
+                    }
+                    Ok(())
+                });
+                continue;
+            }
+            let client = self.clients.client(&location.address)?;
+            let ticket = PartitionTicket {
+                task: Some(task),
+                partition: output,
+            };
             builder.spawn(async move {
                 let describe = |status: tonic::Status| -> DataFusionError {
                     if is_transport_error(&status) {
@@ -291,7 +314,7 @@ impl ExecutionPlan for StageReaderExec {
                 // The coordinator launches every stage at once, so the
                 // upstream task may not be registered yet: retry briefly.
                 let deadline = tokio::time::Instant::now() + UPSTREAM_WAIT;
-                let mut backoff = std::time::Duration::from_millis(1);
+                let mut backoff = FIRST_BACKOFF;
                 let response = loop {
                     match client.do_get(Ticket::new(ticket.encode_to_vec())).await {
                         Ok(r) => break r,
@@ -300,7 +323,7 @@ impl ExecutionPlan for StageReaderExec {
                                 && tokio::time::Instant::now() + backoff < deadline =>
                         {
                             tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(std::time::Duration::from_millis(20));
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                         Err(status) => return Err(describe(status)),
                     }
@@ -329,5 +352,34 @@ impl ExecutionPlan for StageReaderExec {
                 stream.inspect_ok(move |b| baseline.record_output(b.num_rows())),
             ),
         ))
+    }
+}
+
+/// Opens an upstream output of a task on this worker, waiting like the
+/// Flight path for a task that is not launched yet.
+async fn open_local(
+    local: &LocalExchange,
+    task: &TaskId,
+    output: u32,
+    stage_id: u32,
+) -> Result<futures::stream::BoxStream<'static, Result<RecordBatch>>> {
+    let deadline = tokio::time::Instant::now() + UPSTREAM_WAIT;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match local.open(task, output) {
+            Ok(stream) => return Ok(stream),
+            Err(LocalOpenError::NotFound(message)) => {
+                if tokio::time::Instant::now() + backoff >= deadline {
+                    return Err(DataFusionError::External(
+                        format!("weft: reading stage {stage_id}: {message}").into(),
+                    ));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(LocalOpenError::Failed(message)) => {
+                return Err(DataFusionError::External(message.into()))
+            }
+        }
     }
 }
