@@ -162,7 +162,7 @@ impl Engine {
             Err(status) => {
                 query.transition(QueryState::Failed(status.message().to_string()));
                 if let Some(run) = query.run_info() {
-                    scheduler::notify_workers(&self.clients, &run.workers, &query.id, true).await;
+                    scheduler::notify_workers(&self.clients, &run.workers, &query, true).await;
                 }
                 Err(status)
             }
@@ -351,7 +351,7 @@ impl Engine {
             .ok_or_else(|| Status::not_found(format!("query {query_id} is unknown or expired")))?;
         let moved = query.transition(QueryState::Cancelled);
         if let Some(run) = query.run_info() {
-            scheduler::notify_workers(&self.clients, &run.workers, query_id, true).await;
+            scheduler::notify_workers(&self.clients, &run.workers, &query, true).await;
         }
         if moved {
             tracing::info!(query_id, "query cancelled");
@@ -385,7 +385,7 @@ impl Engine {
                 );
                 if q.transition(QueryState::Failed(message.clone())) {
                     tracing::warn!("{message}");
-                    scheduler::notify_workers(&self.clients, &run.workers, &q.id, true).await;
+                    scheduler::notify_workers(&self.clients, &run.workers, &q, true).await;
                 }
             }
         }
@@ -435,7 +435,7 @@ async fn follow_direct_query(clients: Arc<ClientPool>, query: Arc<Query>, timeou
             }
         };
         if ended {
-            scheduler::notify_workers(&clients, &run.workers, &query.id, cancel).await;
+            scheduler::notify_workers(&clients, &run.workers, &query, cancel).await;
             return;
         }
     }
@@ -468,10 +468,10 @@ impl StreamGuard {
             return;
         };
         let engine = Arc::clone(&self.engine);
-        let id = self.query.id.clone();
+        let query = Arc::clone(&self.query);
         // Cleanup must outlive the dropped stream, so it is detached on purpose.
         tokio::spawn(async move {
-            scheduler::notify_workers(&engine.clients, &run.workers, &id, cancel).await;
+            scheduler::notify_workers(&engine.clients, &run.workers, &query, cancel).await;
         });
     }
 }

@@ -6,7 +6,7 @@
 //!                 └──────────┴─────► cancelled   (CancelFlightInfo, dropped stream)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use arrow::datatypes::SchemaRef;
 use parking_lot::Mutex;
 use prost::Message;
 use weft_common::flight::{actions, ClientPool};
-use weft_proto::{QueryRef, QueryStatus, TaskLocation, TaskState};
+use weft_proto::{QueryRef, QueryStatus, TaskLocation, TaskState, TaskStatus};
 
 /// Lifecycle state of a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +99,9 @@ pub struct Query {
     streams_opened: AtomicUsize,
     /// Resources that live as long as the query runs (exported snapshots).
     held: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
+    /// Final statuses of tasks the workers have forgotten: `(worker id,
+    /// address, status)`, returned when the query was released or cancelled.
+    ended_tasks: Mutex<Vec<(String, String, TaskStatus)>>,
 }
 
 /// Where a running query's tasks are.
@@ -178,7 +181,18 @@ impl Query {
         self.endpoints_done.fetch_add(1, Ordering::SeqCst) + 1 >= total
     }
 
-    /// Asks the workers for task statuses and sums them per stage.
+    /// Keeps the final statuses a worker returned when it forgot the
+    /// query's tasks, so the counters stay visible after the query.
+    pub fn record_ended_tasks(&self, worker: &str, address: &str, tasks: Vec<TaskStatus>) {
+        self.ended_tasks.lock().extend(
+            tasks
+                .into_iter()
+                .map(|t| (worker.to_string(), address.to_string(), t)),
+        );
+    }
+
+    /// Asks the workers for task statuses and sums them per stage (tasks a
+    /// worker already forgot count with their final status).
     pub async fn progress(&self, clients: &ClientPool) -> QueryProgress {
         let state = self.state();
         let mut progress = QueryProgress {
@@ -214,34 +228,56 @@ impl Query {
             )
         });
         let replies = futures::future::join_all(calls).await;
+        let mut live = Vec::new();
         for ((worker, address), reply) in run.workers.iter().zip(replies) {
             let Ok(Ok(status)) = reply.map(QueryStatus::decode) else {
                 continue;
             };
-            for t in status.tasks {
-                let Some(id) = &t.task else { continue };
-                let Some(s) = progress.stages.get_mut(id.stage_id as usize) else {
-                    continue;
-                };
-                s.rows_out += t.rows_out;
-                s.bytes_out += t.bytes_out;
-                s.outputs_opened += u64::from(t.outputs_opened);
-                s.outputs_read += u64::from(t.outputs_read);
-                if t.state == TaskState::Failed as i32 && progress.error.is_none() {
-                    progress.error = Some(format!(
-                        "task {}.{} on worker {worker} at {address} failed: {}",
-                        id.stage_id, id.task_index, t.error
-                    ));
-                }
-                if state == QueryState::Finished {
-                    continue;
-                }
-                match TaskState::try_from(t.state) {
-                    Ok(TaskState::Running) => s.tasks_running += 1,
-                    Ok(TaskState::Finished) => s.tasks_done += 1,
-                    Ok(TaskState::Failed) => s.tasks_failed += 1,
-                    _ => {}
-                }
+            live.extend(
+                status
+                    .tasks
+                    .into_iter()
+                    .map(|t| (worker.clone(), address.clone(), t)),
+            );
+        }
+        let seen: HashSet<(u32, u32)> = live
+            .iter()
+            .filter_map(|(_, _, t)| t.task.as_ref().map(|id| (id.stage_id, id.task_index)))
+            .collect();
+        let ended: Vec<_> = self
+            .ended_tasks
+            .lock()
+            .iter()
+            .filter(|(_, _, t)| {
+                t.task
+                    .as_ref()
+                    .is_some_and(|id| !seen.contains(&(id.stage_id, id.task_index)))
+            })
+            .cloned()
+            .collect();
+        for (worker, address, t) in live.into_iter().chain(ended) {
+            let Some(id) = &t.task else { continue };
+            let Some(s) = progress.stages.get_mut(id.stage_id as usize) else {
+                continue;
+            };
+            s.rows_out += t.rows_out;
+            s.bytes_out += t.bytes_out;
+            s.outputs_opened += u64::from(t.outputs_opened);
+            s.outputs_read += u64::from(t.outputs_read);
+            if t.state == TaskState::Failed as i32 && progress.error.is_none() {
+                progress.error = Some(format!(
+                    "task {}.{} on worker {worker} at {address} failed: {}",
+                    id.stage_id, id.task_index, t.error
+                ));
+            }
+            if state == QueryState::Finished {
+                continue;
+            }
+            match TaskState::try_from(t.state) {
+                Ok(TaskState::Running) => s.tasks_running += 1,
+                Ok(TaskState::Finished) => s.tasks_done += 1,
+                Ok(TaskState::Failed) => s.tasks_failed += 1,
+                _ => {}
             }
         }
         progress
@@ -269,6 +305,7 @@ impl QueryManager {
             endpoints_done: AtomicUsize::new(0),
             streams_opened: AtomicUsize::new(0),
             held: Mutex::new(Vec::new()),
+            ended_tasks: Mutex::new(Vec::new()),
         });
         let mut queries = self.queries.lock();
         queries.retain(|_, q| !(q.state().is_terminal() && q.created.elapsed() > KEEP_ENDED));

@@ -18,9 +18,12 @@ use weft_common::codec::WeftCodec;
 use weft_common::flight::{actions, ClientPool};
 use weft_common::registry::WorkerInfo;
 use weft_common::session::session_options_for_tasks;
-use weft_proto::{LaunchTask, LaunchTaskResult, OutputMode, QueryRef, TaskId, TaskLocation};
+use weft_proto::{
+    CancelResult, LaunchTask, LaunchTaskResult, OutputMode, QueryRef, TaskId, TaskLocation,
+};
 
 use crate::planner::stages::{bind_readers, StageGraph};
+use crate::queries::Query;
 
 /// Scheduling errors, each naming the worker involved.
 #[derive(Debug, thiserror::Error)]
@@ -162,12 +165,13 @@ pub async fn launch_all(
     Ok(locations)
 }
 
-/// Tells every worker to stop (`cancel`) or forget (`release`) a query's tasks.
+/// Tells every worker to stop (`cancel`) or forget (`release`) a query's
+/// tasks, and keeps the final task statuses they return in `query`.
 /// Best effort: a worker that cannot be reached has lost the tasks anyway.
 pub async fn notify_workers(
     clients: &ClientPool,
     workers: &[(String, String)],
-    query_id: &str,
+    query: &Query,
     cancel: bool,
 ) {
     let action = if cancel {
@@ -175,12 +179,19 @@ pub async fn notify_workers(
     } else {
         actions::RELEASE_QUERY
     };
+    let query_id = query.id.as_str();
     let calls = workers.iter().map(|(id, address)| async move {
         let body = QueryRef {
             query_id: query_id.to_string(),
         };
-        if let Err(e) = clients.action(address, action, body).await {
-            tracing::debug!(worker = %id, query_id, "{action} failed: {}", e.message());
+        match clients.action(address, action, body).await {
+            Ok(reply) => match CancelResult::decode(reply) {
+                Ok(result) => query.record_ended_tasks(id, address, result.tasks),
+                Err(e) => tracing::debug!(worker = %id, query_id, "{action}: bad reply: {e}"),
+            },
+            Err(e) => {
+                tracing::debug!(worker = %id, query_id, "{action} failed: {}", e.message())
+            }
         }
     });
     futures::future::join_all(calls).await;

@@ -464,8 +464,8 @@ async fn system_tables_show_queries_stages_and_workers() {
     );
     drop(stream);
 
-    let sql = "SELECT count(*) FROM lineitem";
-    cluster.query(sql).await.expect("count");
+    let sql = "SELECT l_returnflag, count(*) FROM lineitem GROUP BY l_returnflag";
+    cluster.query(sql).await.expect("group by");
     let done = cluster
         .query(&format!(
             "SELECT state, tasks_total, tasks_done, progress FROM system.runtime.queries WHERE sql = '{sql}'"
@@ -475,6 +475,42 @@ async fn system_tables_show_queries_stages_and_workers() {
     assert_eq!(strings(&done, 0), vec!["finished"]);
     assert!(u64s(&done, 1)[0] > 0);
     assert_eq!(u64s(&done, 1), u64s(&done, 2));
+
+    // Once the workers have forgotten the tasks, the stages keep the
+    // counters the workers returned when releasing them.
+    assert!(
+        eventually(Duration::from_secs(10), || cluster
+            .live_workers()
+            .all(|w| w.tasks().task_count() == 0))
+        .await,
+        "tasks released"
+    );
+    let stages = cluster
+        .query(&format!(
+            "SELECT s.stage_id, s.rows_out, s.bytes_out, s.tasks_done FROM system.runtime.stages s \
+             JOIN system.runtime.queries q ON s.query_id = q.query_id \
+             WHERE q.sql = '{sql}' ORDER BY s.stage_id"
+        ))
+        .await
+        .expect("stages");
+    let rows = u64s(&stages, 1);
+    assert!(
+        rows.len() > 1,
+        "the group by runs in several stages: {rows:?}"
+    );
+    assert!(
+        rows.iter().all(|&r| r > 0),
+        "every stage produced rows: {rows:?}"
+    );
+    assert_eq!(
+        rows.last(),
+        Some(&3),
+        "the final stage produced the 3 groups (A, N, R)"
+    );
+    assert!(
+        u64s(&stages, 2).iter().all(|&b| b > 0),
+        "bytes out recorded"
+    );
 }
 
 /// With direct results, the FlightInfo's endpoints name the workers; a client

@@ -165,15 +165,25 @@ impl FlightService for WorkerService {
             }
             actions::CANCEL_QUERY => {
                 let q: QueryRef = decode(&action.body, "query reference")?;
-                let n = self.tasks.cancel_query(&q.query_id);
+                let tasks = self.tasks.cancel_query(&q.query_id);
                 Ok(one_result(
-                    CancelResult { tasks_cancelled: n }.encode_to_vec(),
+                    CancelResult {
+                        tasks_cancelled: tasks.len() as u32,
+                        tasks,
+                    }
+                    .encode_to_vec(),
                 ))
             }
             actions::RELEASE_QUERY => {
                 let q: QueryRef = decode(&action.body, "query reference")?;
-                self.tasks.release_query(&q.query_id);
-                Ok(one_result(Vec::new()))
+                let tasks = self.tasks.release_query(&q.query_id);
+                Ok(one_result(
+                    CancelResult {
+                        tasks_cancelled: tasks.len() as u32,
+                        tasks,
+                    }
+                    .encode_to_vec(),
+                ))
             }
             actions::QUERY_STATUS => {
                 let q: QueryRef = decode(&action.body, "query reference")?;

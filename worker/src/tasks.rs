@@ -514,27 +514,30 @@ impl TaskManager {
         keys.iter().filter_map(|k| tasks.remove(k)).collect()
     }
 
-    /// Stops every task of a query and frees its buffers.
-    pub fn cancel_query(&self, query_id: &str) -> u32 {
-        let removed = self.remove_query(query_id);
-        for t in &removed {
-            t.cancel();
-        }
-        if !removed.is_empty() {
+    /// Stops every task of a query and frees its buffers; returns the
+    /// removed tasks' final statuses.
+    pub fn cancel_query(&self, query_id: &str) -> Vec<TaskStatus> {
+        let statuses = self.release_query(query_id);
+        if !statuses.is_empty() {
             tracing::info!(
                 query_id,
-                tasks = removed.len(),
+                tasks = statuses.len(),
                 "query cancelled on this worker"
             );
         }
-        removed.len() as u32
+        statuses
     }
 
     /// Forgets a finished query (same effect as cancel, without logging).
-    pub fn release_query(&self, query_id: &str) {
-        for t in self.remove_query(query_id) {
-            t.cancel();
-        }
+    pub fn release_query(&self, query_id: &str) -> Vec<TaskStatus> {
+        let removed = self.remove_query(query_id);
+        removed
+            .iter()
+            .map(|t| {
+                t.cancel();
+                t.status()
+            })
+            .collect()
     }
 
     pub fn query_status(&self, query_id: &str) -> Vec<TaskStatus> {
@@ -660,4 +663,119 @@ fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
         })
         .collect();
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec;
+    use weft_common::exchange::StageReaderExec;
+    use weft_common::flight::ClientPool;
+    use weft_proto::TaskLocation;
+
+    /// Nothing listens on the discard port: a reader that went through
+    /// Flight instead of the in-process exchange would fail to connect.
+    const ADDRESS: &str = "http://127.0.0.1:9";
+
+    fn manager(worker: &str) -> (Arc<TaskManager>, WeftCodec) {
+        let codec = WeftCodec::new(Arc::new(ClientPool::new()));
+        let runtime = Arc::new(RuntimeEnv::default());
+        let manager = TaskManager::new(worker.into(), ADDRESS.into(), runtime, codec.clone());
+        (manager, codec)
+    }
+
+    fn id(stage_id: u32) -> TaskId {
+        TaskId {
+            query_id: "q".into(),
+            stage_id,
+            task_index: 0,
+        }
+    }
+
+    fn launch(manager: &TaskManager, codec: &WeftCodec, stage: u32, plan: Arc<dyn ExecutionPlan>) {
+        let plan = physical_plan_to_bytes_with_extension_codec(plan, codec).expect("encode");
+        manager
+            .launch(LaunchTask {
+                task: Some(id(stage)),
+                plan: plan.to_vec(),
+                ..Default::default()
+            })
+            .expect("launch");
+    }
+
+    /// Stage 0 emits 10 batches of 100 numbers (more than its output buffer holds).
+    fn producer() -> Arc<dyn ExecutionPlan> {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batches: Vec<RecordBatch> = (0..10)
+            .map(|b| {
+                let values = Int64Array::from_iter_values((0..100).map(|i| b * 100 + i));
+                RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)]).expect("batch")
+            })
+            .collect();
+        MemorySourceConfig::try_new_exec(&[batches], schema, None).expect("memory exec")
+    }
+
+    /// Stage 1 gathers stage 0's one task, located on `worker` at ADDRESS.
+    fn consumer(worker: &str) -> Arc<dyn ExecutionPlan> {
+        let schema = producer().schema();
+        let reader =
+            StageReaderExec::gather("q".into(), 0, schema, 1, None, Arc::new(ClientPool::new()))
+                .with_tasks(vec![TaskLocation {
+                    task_index: 0,
+                    address: ADDRESS.into(),
+                    worker_id: worker.into(),
+                }])
+                .expect("bind");
+        Arc::new(reader)
+    }
+
+    async fn read(manager: &TaskManager, stage: u32) -> Result<Vec<i64>> {
+        let (_, stream) = manager
+            .output_batches(&id(stage), 0)
+            .map_err(|e| DataFusionError::External(e.into()))?;
+        let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream).await?;
+        Ok(batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("int64")
+                    .values()
+                    .to_vec()
+            })
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn a_reader_takes_its_own_workers_outputs_in_process() {
+        let (manager, codec) = manager("w1");
+        // The consumer starts before its upstream task exists, as when the
+        // coordinator launches every stage at once.
+        launch(&manager, &codec, 1, consumer("w1"));
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        launch(&manager, &codec, 0, producer());
+        let values = read(&manager, 1)
+            .await
+            .expect("read through the local exchange");
+        assert_eq!(values, (0..1000).collect::<Vec<i64>>());
+        let producer = manager.query_status("q").remove(0);
+        assert_eq!(
+            (producer.outputs_opened, producer.outputs_read),
+            (1, 1),
+            "the local read counts like a DoGet"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_goes_over_flight_for_another_workers_tasks() {
+        let (manager, codec) = manager("w1");
+        launch(&manager, &codec, 0, producer());
+        launch(&manager, &codec, 1, consumer("w2"));
+        let err = read(&manager, 1).await.expect_err("w2 is not reachable");
+        assert!(err.to_string().contains("w2"), "{err}");
+    }
 }

@@ -278,7 +278,8 @@ impl ExecutionPlan for StageReaderExec {
                 builder.spawn(async move {
                     let mut stream = open_local(&local, &task, output, stage_id).await?;
                     while let Some(batch) = stream.next().await {
-                        let batch = RecordBatch::try_new(Arc::clone(&schema), batch?.columns().to_vec())?;
+                        let batch =
+                            RecordBatch::try_new(Arc::clone(&schema), batch?.columns().to_vec())?;
                         if tx.send(Ok(batch)).await.is_err() {
                             // The consumer is gone; dropping the stream stops the producer.
                             break;
