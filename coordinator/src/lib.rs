@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -76,6 +77,23 @@ pub struct CoordinatorHandle {
     watcher: JoinHandle<()>,
 }
 
+/// Adds Weft's physical optimizer rules: [`planner::broadcast::BroadcastJoins`]
+/// right after DataFusion's join selection, whose choice it revises.
+fn with_weft_physical_rules(ctx: SessionContext) -> SessionContext {
+    let state = ctx.state();
+    let mut rules = state.physical_optimizers().to_vec();
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "join_selection")
+        .map_or(0, |i| i + 1);
+    rules.insert(at, Arc::new(planner::broadcast::BroadcastJoins));
+    SessionContext::new_with_state(
+        SessionStateBuilder::new_from_existing(state)
+            .with_physical_optimizer_rules(rules)
+            .build(),
+    )
+}
+
 impl Coordinator {
     /// Registers the catalogs, binds the listener and serves Flight SQL.
     /// A catalog that fails to register is logged and skipped.
@@ -90,7 +108,7 @@ impl Coordinator {
                 .with_create_default_catalog_and_schema(false);
         }
         let runtime = RuntimeEnvBuilder::new().build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let ctx = with_weft_physical_rules(SessionContext::new_with_config_rt(session, runtime));
         for e in register_catalogs(&ctx, &config.catalogs).await {
             tracing::error!("{e}; the other catalogs stay available");
         }

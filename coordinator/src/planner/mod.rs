@@ -1,4 +1,5 @@
 //! From a DataFusion physical plan to a stage graph (see [`stages`]).
 
+pub mod broadcast;
 pub mod local_leaves;
 pub mod stages;
