@@ -128,6 +128,7 @@ impl Engine {
         let ctx = self.session_for(slots);
         let df = ctx.sql(sql).await?;
         let plan = df.create_physical_plan().await?;
+        let plan = crate::planner::balance::balance_parquet_scans(plan, &ctx.runtime_env()).await?;
         Ok((ctx, plan))
     }
 
