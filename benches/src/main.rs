@@ -19,7 +19,8 @@ use clap::{Parser, Subcommand};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use weft_common::sample::{generate_tpch, TPCH_TABLES};
 use weft_integration_tests::{
-    files_catalog, run_sql, split_statements, tpch_query, ClusterOptions, TestCluster,
+    canonical_rows, files_catalog, run_sql, split_statements, tpch_query, ClusterOptions,
+    TestCluster,
 };
 
 #[derive(Debug, Parser)]
@@ -190,6 +191,7 @@ async fn tpch(
         "query", "weft ms", "datafusion ms", "ratio"
     );
     let (mut total_w, mut total_d) = (Duration::ZERO, Duration::ZERO);
+    let mut mismatches = Vec::new();
     for q in queries {
         let text = tpch_query(q);
         let statements = split_statements(&text);
@@ -218,8 +220,25 @@ async fn tpch(
         .await?;
         total_w += w;
         total_d += d;
+        // The answer is checked against DataFusion's (the last statement's
+        // rows, sorted: ties may come back in either order).
+        let mut expected = Vec::new();
+        let mut got = Vec::new();
+        let mut client = weft.client().await?;
+        for s in &statements {
+            expected = canonical_rows(&df.sql(s).await?.collect().await?);
+            got = canonical_rows(&run_sql(&mut client, s).await?);
+        }
+        expected.sort();
+        got.sort();
+        let check = if expected == got {
+            ""
+        } else {
+            mismatches.push(q);
+            "  DIFFERENT ANSWER"
+        };
         println!(
-            "{:>5} {:>12.1} {:>12.1} {:>7.2}",
+            "{:>5} {:>12.1} {:>12.1} {:>7.2}{check}",
             format!("q{q}"),
             w.as_secs_f64() * 1e3,
             d.as_secs_f64() * 1e3,
@@ -233,6 +252,9 @@ async fn tpch(
         total_d.as_secs_f64() * 1e3,
         total_w.as_secs_f64() / total_d.as_secs_f64()
     );
+    if !mismatches.is_empty() {
+        anyhow::bail!("Weft's answer differs from DataFusion's for {mismatches:?}");
+    }
     Ok(())
 }
 
