@@ -21,7 +21,8 @@
 //!
 //! Scans are left alone when their file groups carry meaning (declared
 //! output partitioning or ordering, order-preserving scans), when a file is
-//! only partly scanned, or when a footer cannot be read (the scan then runs
+//! only partly scanned or carries a provider's own reading plan (file
+//! extensions), or when a footer cannot be read (the scan then runs
 //! as DataFusion planned it).
 
 use std::collections::HashMap;
@@ -36,6 +37,10 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::physical_plan::ExecutionPlan;
+use futures::{StreamExt, TryStreamExt};
+
+/// Footers read at once.
+const FOOTER_READS: usize = 32;
 
 /// One row group: byte range `[start, end)` in its file and its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +85,17 @@ pub async fn balance_parquet_scans(
             ))
         }
     });
-    let spans: HashMap<String, Vec<RowGroupSpan>> =
-        match futures::future::try_join_all(fetches).await {
-            Ok(v) => v.into_iter().collect(),
-            Err(e) => {
-                tracing::debug!("Parquet scans keep DataFusion's byte ranges: {e}");
-                return Ok(plan);
-            }
-        };
+    let spans: Result<Vec<_>> = futures::stream::iter(fetches)
+        .buffer_unordered(FOOTER_READS)
+        .try_collect()
+        .await;
+    let spans: HashMap<String, Vec<RowGroupSpan>> = match spans {
+        Ok(v) => v.into_iter().collect(),
+        Err(e) => {
+            tracing::debug!("Parquet scans keep DataFusion's byte ranges: {e}");
+            return Ok(plan);
+        }
+    };
     plan.transform_up(|node| {
         let Some(config) = eligible_scan(node.as_ref()) else {
             return Ok(Transformed::no(node));
@@ -158,6 +166,10 @@ fn rebalance(
     let mut template: HashMap<String, PartitionedFile> = HashMap::new();
     let mut ranges: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
     for f in config.file_groups.iter().flat_map(|g| g.iter()) {
+        if !f.extensions.is_empty() {
+            // A provider's own per-file reading plan (e.g. chosen row groups).
+            return None;
+        }
         let path = f.object_meta.location.to_string();
         if !template.contains_key(&path) {
             order.push(path.clone());
