@@ -223,3 +223,28 @@ impl Drop for CoordinatorHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_rule_revises_datafusions_join_selection() {
+        let ctx = with_weft_physical_rules(SessionContext::new());
+        let state = ctx.state();
+        let names: Vec<&str> = state
+            .physical_optimizers()
+            .iter()
+            .map(|r| r.name())
+            .collect();
+        let at = names
+            .iter()
+            .position(|n| *n == "join_selection")
+            .expect("DataFusion's join selection");
+        assert_eq!(
+            names.get(at + 1),
+            Some(&"weft_broadcast_joins"),
+            "{names:?}"
+        );
+    }
+}
