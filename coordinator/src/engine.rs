@@ -39,6 +39,13 @@ pub struct EngineSettings {
     /// Result endpoints point at the workers (clients read them directly)
     /// instead of at the coordinator.
     pub direct_results: bool,
+    /// Queries running at once (planning or running); more wait in state
+    /// `queued`, first come first served. `None` = no limit.
+    pub max_running_queries: Option<usize>,
+    /// Queries waiting at once; one more is refused at once.
+    pub max_queued_queries: usize,
+    /// How long a query may wait in the queue before it fails.
+    pub queue_timeout: std::time::Duration,
 }
 
 impl Default for EngineSettings {
@@ -49,6 +56,9 @@ impl Default for EngineSettings {
             compression: String::new(),
             result_timeout: std::time::Duration::from_secs(300),
             direct_results: false,
+            max_running_queries: None,
+            max_queued_queries: 1000,
+            queue_timeout: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -61,6 +71,9 @@ pub struct Engine {
     pub codec: WeftCodec,
     pub queries: QueryManager,
     pub settings: EngineSettings,
+    /// Admission: one permit per query allowed to plan and run.
+    admission: Option<Arc<tokio::sync::Semaphore>>,
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -97,6 +110,10 @@ impl Engine {
             codec: WeftCodec::new(Arc::clone(&clients)).with_extension(connectors),
             clients,
             queries: QueryManager::default(),
+            admission: settings
+                .max_running_queries
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             settings,
         }
     }
@@ -157,8 +174,21 @@ impl Engine {
     pub async fn start_query(&self, sql: &str) -> Result<Arc<Query>, Status> {
         let query = self.queries.create(sql);
         tracing::debug!(query_id = %query.id, sql, "query received");
+        // A caller that goes away while the query is queued or planned
+        // (dropped GetFlightInfo) leaves it cancelled, not stuck.
+        let mut guard = StartGuard {
+            query: Some(Arc::clone(&query)),
+            clients: Arc::clone(&self.clients),
+        };
+        if let Err(status) = self.admit(&query).await {
+            guard.disarm();
+            query.transition(QueryState::Failed(status.message().to_string()));
+            return Err(status);
+        }
         query.transition(QueryState::Planning);
-        match self.run(&query).await {
+        let result = self.run(&query).await;
+        guard.disarm();
+        match result {
             Ok(()) => Ok(query),
             Err(status) => {
                 query.transition(QueryState::Failed(status.message().to_string()));
@@ -166,6 +196,57 @@ impl Engine {
                     scheduler::notify_workers(&self.clients, &run.workers, &query, true).await;
                 }
                 Err(status)
+            }
+        }
+    }
+
+    /// Waits (state `queued`) until fewer than `max_running_queries` run;
+    /// the permit lives as long as the query (released when it ends).
+    async fn admit(&self, query: &Query) -> Result<(), Status> {
+        use std::sync::atomic::Ordering;
+        let Some(semaphore) = &self.admission else {
+            return Ok(());
+        };
+        let limit = self.settings.max_running_queries.unwrap_or(0);
+        if let Ok(permit) = Arc::clone(semaphore).try_acquire_owned() {
+            query.hold(vec![Arc::new(permit)]);
+            return Ok(());
+        }
+        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
+        let _queued = scopeguard(|| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        });
+        if waiting >= self.settings.max_queued_queries {
+            return Err(Status::resource_exhausted(format!(
+                "query {} refused: {limit} queries are running (--max-running-queries) and {waiting} are queued (--max-queued-queries {}); retry later",
+                query.id, self.settings.max_queued_queries
+            )));
+        }
+        tracing::info!(query_id = %query.id, waiting, "query queued: {limit} queries are running");
+        let timeout = self.settings.queue_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let acquire = Arc::clone(semaphore).acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => {
+                    let permit = permit.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+                    query.hold(vec![Arc::new(permit)]);
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if query.state().is_terminal() {
+                        return Err(Status::cancelled(format!(
+                            "query {} was cancelled while queued", query.id
+                        )));
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Status::resource_exhausted(format!(
+                            "query {} waited {}s in the queue: {limit} queries are running (--max-running-queries {limit}); retry later, raise the limit or --queue-timeout",
+                            query.id, timeout.as_secs()
+                        )));
+                    }
+                }
             }
         }
     }
@@ -440,6 +521,52 @@ async fn follow_direct_query(clients: Arc<ClientPool>, query: Arc<Query>, timeou
             return;
         }
     }
+}
+
+/// Cancels a query whose start was abandoned (the future was dropped while
+/// it was queued, planned or launched), including tasks already launched;
+/// disarmed once the start finished either way.
+struct StartGuard {
+    query: Option<Arc<Query>>,
+    clients: Arc<ClientPool>,
+}
+
+impl StartGuard {
+    fn disarm(&mut self) {
+        self.query = None;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        let Some(query) = self.query.take() else {
+            return;
+        };
+        if !query.transition(QueryState::Cancelled) {
+            return;
+        }
+        tracing::info!(query_id = %query.id, "query abandoned before it started");
+        if let Some(run) = query.run_info() {
+            let clients = Arc::clone(&self.clients);
+            // Drop cannot wait: the cancel runs on its own.
+            tokio::spawn(async move {
+                scheduler::notify_workers(&clients, &run.workers, &query, true).await;
+            });
+        }
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Ends the query when the result stream finishes or is dropped.

@@ -44,6 +44,16 @@ struct Args {
     /// instead of through the coordinator.
     #[arg(long, env = "WEFT_DIRECT_RESULTS")]
     direct_results: bool,
+    /// Queries that may plan and run at once; more wait in state "queued"
+    /// (first come, first served). 0 = no limit.
+    #[arg(long, env = "WEFT_MAX_RUNNING_QUERIES", default_value_t = 0)]
+    max_running_queries: usize,
+    /// Queries that may wait at once; one more is refused right away.
+    #[arg(long, env = "WEFT_MAX_QUEUED_QUERIES", default_value_t = 1000)]
+    max_queued_queries: usize,
+    /// Seconds a query may wait in the queue before it fails.
+    #[arg(long, env = "WEFT_QUEUE_TIMEOUT", default_value_t = 300)]
+    queue_timeout: u64,
     /// Seconds to keep retrying etcd at startup.
     #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
     etcd_connect_timeout: u64,
@@ -68,6 +78,10 @@ async fn main() -> anyhow::Result<()> {
     config.engine.max_tasks_per_stage = args.max_tasks_per_stage;
     config.engine.result_timeout = Duration::from_secs(args.result_timeout);
     config.engine.direct_results = args.direct_results;
+    config.engine.max_running_queries =
+        (args.max_running_queries > 0).then_some(args.max_running_queries);
+    config.engine.max_queued_queries = args.max_queued_queries;
+    config.engine.queue_timeout = Duration::from_secs(args.queue_timeout);
     config.engine.compression = match args.exchange_compression.as_str() {
         "none" => String::new(),
         other => other.to_string(),

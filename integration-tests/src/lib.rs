@@ -46,6 +46,9 @@ pub struct ClusterOptions {
     pub compression: String,
     /// Clients read results from the workers.
     pub direct_results: bool,
+    /// Admission: queries running at once, and how long one may queue.
+    pub max_running_queries: Option<usize>,
+    pub queue_timeout: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -59,6 +62,8 @@ impl Default for ClusterOptions {
             max_tasks_per_stage: None,
             compression: String::new(),
             direct_results: false,
+            max_running_queries: None,
+            queue_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -105,6 +110,8 @@ impl TestCluster {
         config.engine.max_tasks_per_stage = options.max_tasks_per_stage;
         config.engine.compression = options.compression.clone();
         config.engine.direct_results = options.direct_results;
+        config.engine.max_running_queries = options.max_running_queries;
+        config.engine.queue_timeout = options.queue_timeout;
         let coordinator = Coordinator::start(config, members).await?;
         let mut cluster = Self {
             coordinator,

@@ -576,3 +576,92 @@ async fn direct_results_are_read_from_the_workers() {
         .expect("queries");
     assert_eq!(strings(&state, 0), vec!["finished"]);
 }
+
+/// With `max_running_queries = 1`, a second query waits in state `queued`
+/// while the first runs, starts when the first ends, and a query that waits
+/// longer than the queue timeout fails naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queries_beyond_the_limit_wait_in_the_queue() {
+    let mut opts = options();
+    opts.max_running_queries = Some(1);
+    opts.queue_timeout = Duration::from_secs(3);
+    let cluster = TestCluster::start(2, opts).await.expect("cluster");
+    let engine = std::sync::Arc::clone(cluster.coordinator.engine());
+    let state_of = |sql: &str| {
+        engine
+            .queries
+            .all()
+            .into_iter()
+            .find(|q| q.sql == sql)
+            .map(|q| q.state().name())
+    };
+
+    // The first query runs (its results are not read yet).
+    let mut first = cluster.client().await.expect("client");
+    let info = first
+        .execute(LONG_QUERY.to_string(), None)
+        .await
+        .expect("execute");
+    assert_eq!(state_of(LONG_QUERY), Some("running"));
+
+    // The second one waits.
+    let sql = "SELECT count(*) FROM orders";
+    let mut second = cluster.client().await.expect("client");
+    let waiting = tokio::spawn(async move { run_sql(&mut second, sql).await });
+    assert!(
+        eventually(Duration::from_secs(5), || state_of(sql) == Some("queued")).await,
+        "second query queued: {:?}",
+        state_of(sql)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state_of(sql), Some("queued"), "still waiting");
+
+    // The first ends (cancelled): the second runs and answers.
+    cancel(&mut first, &info).await;
+    let rows = waiting.await.expect("join").expect("second query");
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+
+    // A query that waits longer than the timeout fails, naming the limit.
+    let info = first
+        .execute(LONG_QUERY.to_string(), None)
+        .await
+        .expect("execute");
+    let mut third = cluster.client().await.expect("client");
+    let started = std::time::Instant::now();
+    let err = run_sql(&mut third, sql).await.expect_err("times out");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(err.to_string().contains("--max-running-queries"), "{err}");
+
+    // A client that gives up while its query is queued leaves it cancelled.
+    let abandoned = "SELECT count(*) FROM customer";
+    let mut fourth = cluster.client().await.expect("client");
+    let waiting = tokio::spawn(async move { run_sql(&mut fourth, abandoned).await });
+    assert!(
+        eventually(Duration::from_secs(5), || state_of(abandoned)
+            == Some("queued"))
+        .await
+    );
+    waiting.abort();
+    assert!(
+        eventually(Duration::from_secs(5), || state_of(abandoned)
+            == Some("cancelled"))
+        .await,
+        "abandoned query: {:?}",
+        state_of(abandoned)
+    );
+    cancel(&mut first, &info).await;
+}
+
+async fn cancel(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    info: &arrow_flight::FlightInfo,
+) {
+    let action = Action {
+        r#type: "CancelFlightInfo".to_string(),
+        body: CancelFlightInfoRequest::new(info.clone())
+            .encode_to_vec()
+            .into(),
+    };
+    let mut results = client.do_action(action).await.expect("cancel");
+    while results.try_next().await.expect("cancel result").is_some() {}
+}
