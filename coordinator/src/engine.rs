@@ -185,7 +185,13 @@ impl Engine {
             query.transition(QueryState::Failed(status.message().to_string()));
             return Err(status);
         }
-        query.transition(QueryState::Planning);
+        if !query.transition(QueryState::Planning) {
+            guard.disarm();
+            return Err(Status::cancelled(format!(
+                "query {} was cancelled before it started",
+                query.id
+            )));
+        }
         let result = self.run(&query).await;
         guard.disarm();
         match result {

@@ -120,8 +120,13 @@ pub struct RunInfo {
 
 impl Query {
     /// Keeps `resources` alive until the query ends.
+    /// (A query that already ended drops them at once: `transition` frees
+    /// `held` under the state lock, so nothing added later would be freed.)
     pub fn hold(&self, resources: Vec<Arc<dyn std::any::Any + Send + Sync>>) {
-        self.held.lock().extend(resources);
+        let state = self.state.lock();
+        if !state.is_terminal() {
+            self.held.lock().extend(resources);
+        }
     }
 
     pub fn state(&self) -> QueryState {
