@@ -99,13 +99,10 @@ async fn cancel_flight_info_stops_every_task() {
         .expect("first batch");
     assert!(first.is_some());
     assert!(cluster.live_workers().any(|w| w.tasks().task_count() > 0));
-    let action = Action {
-        r#type: "CancelFlightInfo".to_string(),
-        body: CancelFlightInfoRequest::new(info.clone())
-            .encode_to_vec()
-            .into(),
-    };
-    let mut results = client.do_action(action).await.expect("cancel");
+    let mut results = client
+        .do_action(cancel_action(info.clone()))
+        .await
+        .expect("cancel");
     let body = results
         .try_next()
         .await
@@ -656,12 +653,17 @@ async fn cancel(
     client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
     info: &arrow_flight::FlightInfo,
 ) {
-    let action = Action {
-        r#type: "CancelFlightInfo".to_string(),
-        body: CancelFlightInfoRequest::new(info.clone())
-            .encode_to_vec()
-            .into(),
-    };
-    let mut results = client.do_action(action).await.expect("cancel");
+    let mut results = client
+        .do_action(cancel_action(info.clone()))
+        .await
+        .expect("cancel");
     while results.try_next().await.expect("cancel result").is_some() {}
+}
+
+/// The Flight `CancelFlightInfo` action for a query's FlightInfo.
+fn cancel_action(info: arrow_flight::FlightInfo) -> Action {
+    Action {
+        r#type: "CancelFlightInfo".to_string(),
+        body: CancelFlightInfoRequest::new(info).encode_to_vec().into(),
+    }
 }

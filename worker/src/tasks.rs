@@ -248,7 +248,10 @@ impl RunningTask {
 }
 
 /// This worker's outputs as seen by its own tasks' readers.
-struct OwnOutputs(Weak<TaskManager>);
+struct OwnOutputs {
+    worker_id: String,
+    manager: Weak<TaskManager>,
+}
 
 impl LocalOutputs for OwnOutputs {
     fn open(
@@ -256,8 +259,11 @@ impl LocalOutputs for OwnOutputs {
         task: &TaskId,
         partition: u32,
     ) -> std::result::Result<BoxStream<'static, Result<RecordBatch>>, LocalOpenError> {
-        let Some(manager) = self.0.upgrade() else {
-            return Err(LocalOpenError::Failed("weft: worker is stopped".into()));
+        let Some(manager) = self.manager.upgrade() else {
+            return Err(LocalOpenError::Failed(format!(
+                "weft: worker {} is stopped",
+                self.worker_id
+            )));
         };
         match manager.output_batches(task, partition) {
             Ok((_, stream)) => Ok(stream),
@@ -284,7 +290,10 @@ impl TaskManager {
             local: LocalExchange::new(
                 worker_id.clone(),
                 address,
-                Arc::new(OwnOutputs(Weak::clone(me))),
+                Arc::new(OwnOutputs {
+                    worker_id: worker_id.clone(),
+                    manager: Weak::clone(me),
+                }),
             ),
             worker_id,
             tasks: Mutex::new(HashMap::new()),

@@ -288,6 +288,28 @@ mod tests {
         }
     }
 
+    /// `SELECT n` over the files of [`write_files`] in `dir`, planned with
+    /// Weft's settings (no work stealing between a scan's partitions).
+    async fn plan_scan(dir: &std::path::Path) -> (SessionContext, Arc<dyn ExecutionPlan>) {
+        write_files(dir);
+        let ctx = SessionContext::new_with_config(weft_common::session::weft_session_config(2));
+        ctx.register_parquet(
+            "t",
+            dir.to_str().expect("path"),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .expect("register");
+        let planned = ctx
+            .sql("SELECT n FROM t")
+            .await
+            .expect("sql")
+            .create_physical_plan()
+            .await
+            .expect("plan");
+        (ctx, planned)
+    }
+
     async fn partition_rows(
         plan: &Arc<dyn ExecutionPlan>,
         ctx: &SessionContext,
@@ -318,23 +340,7 @@ mod tests {
     #[tokio::test]
     async fn row_groups_are_spread_evenly_and_read_exactly_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write_files(dir.path());
-        // Weft's settings: no work stealing between a scan's partitions.
-        let ctx = SessionContext::new_with_config(weft_common::session::weft_session_config(2));
-        ctx.register_parquet(
-            "t",
-            dir.path().to_str().expect("path"),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .expect("register");
-        let planned = ctx
-            .sql("SELECT n FROM t")
-            .await
-            .expect("sql")
-            .create_physical_plan()
-            .await
-            .expect("plan");
+        let (ctx, planned) = plan_scan(dir.path()).await;
         let balanced = balance_parquet_scans(Arc::clone(&planned), &ctx.runtime_env())
             .await
             .expect("balance");
@@ -354,22 +360,7 @@ mod tests {
     #[tokio::test]
     async fn a_partly_scanned_file_is_left_as_planned() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write_files(dir.path());
-        let ctx = SessionContext::new_with_config(weft_common::session::weft_session_config(2));
-        ctx.register_parquet(
-            "t",
-            dir.path().to_str().expect("path"),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .expect("register");
-        let planned = ctx
-            .sql("SELECT n FROM t")
-            .await
-            .expect("sql")
-            .create_physical_plan()
-            .await
-            .expect("plan");
+        let (_ctx, planned) = plan_scan(dir.path()).await;
         let mut config: Option<FileScanConfig> = None;
         planned
             .apply(|n| {
