@@ -2,7 +2,8 @@
 # Runs Weft's whole test suite on a fresh machine.
 #
 # Installs what the tests need when missing (protoc, etcd, PostgreSQL,
-# MariaDB, ADBC's Flight SQL driver for Python and moto's S3 server), starts
+# MariaDB, Prometheus, ADBC's Flight SQL driver for Python and moto's S3
+# server), starts
 # etcd, PostgreSQL, MariaDB and an S3 endpoint on private ports with
 # temporary data directories, runs
 # `cargo test --workspace` and stops them afterwards. Extra arguments go to
@@ -21,12 +22,16 @@ command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 [ -n "$(pg_find_bin)" ] || need_apt+=(postgresql)
 [ -n "$(my_find_bin)" ] || need_apt+=(mariadb-server)
+# Prometheus and promtool, for the observability test (real scrapes, rule tests).
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # Debian's prometheus package may start a daemon on :9090; the tests run their own.
+  pkill -x prometheus 2>/dev/null || true
 fi
 
 # ADBC's Flight SQL driver, for the client-compatibility test.
@@ -106,5 +111,8 @@ for _ in $(seq 1 100); do
 done
 export WEFT_TEST_S3="http://127.0.0.1:$s3_port"
 
+# Process-level tests start the real binaries from the same target directory.
+echo "== cargo build --bins (target dir $CARGO_TARGET_DIR)"
+cargo build --workspace --bins
 echo "== cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --workspace "$@"

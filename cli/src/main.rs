@@ -45,6 +45,11 @@ enum Cmd {
         /// through the coordinator.
         #[arg(long, env = "WEFT_DIRECT_RESULTS")]
         direct_results: bool,
+        /// HOST:PORT of the coordinator's /metrics, /healthz, /readyz
+        /// (default: the --listen port + 1000; `none` turns HTTP off). Workers
+        /// serve theirs on the ports that follow it.
+        #[arg(long, env = "WEFT_HTTP_LISTEN")]
+        http_listen: Option<String>,
     },
     /// Run SQL against a coordinator and print the results.
     Sql {
@@ -90,7 +95,18 @@ async fn main() {
             catalogs,
             sample_scale,
             direct_results,
-        } => local(workers, listen, catalogs, sample_scale, direct_results).await,
+            http_listen,
+        } => {
+            local(
+                workers,
+                listen,
+                catalogs,
+                sample_scale,
+                direct_results,
+                http_listen,
+            )
+            .await
+        }
         Cmd::Sql {
             coordinator,
             execute,
@@ -110,7 +126,10 @@ async fn local(
     catalogs: Option<PathBuf>,
     scale: f64,
     direct_results: bool,
+    http_listen: Option<String>,
 ) -> anyhow::Result<()> {
+    let http = weft_common::telemetry::http::http_listen_address(http_listen.as_deref(), listen)
+        .map_err(anyhow::Error::msg)?;
     let _sample_dir;
     let catalogs = match catalogs {
         Some(path) => CatalogsConfig::load(&path)?,
@@ -140,17 +159,39 @@ async fn local(
         .map(|n| n.get())
         .unwrap_or(2);
     let mut handles = Vec::new();
-    for _ in 0..workers.max(1) {
+    for i in 0..workers.max(1) {
         let mut config = WorkerConfig::new("127.0.0.1:0".parse()?);
         config.slots = (cpus / workers.max(1)).max(1) as u32;
         config.catalogs = catalogs.clone();
+        // Worker i serves HTTP on the coordinator's HTTP port + 1 + i.
+        config.http_listen = http.map(|a| {
+            let port = if a.port() == 0 {
+                0
+            } else {
+                a.port().saturating_add(1 + i as u16)
+            };
+            SocketAddr::new(a.ip(), port)
+        });
         handles.push(Worker::start(config, Arc::clone(&registry) as Arc<dyn Registry>).await?);
     }
     let mut config = CoordinatorConfig::new(listen, catalogs);
     config.engine.direct_results = direct_results;
+    config.http_listen = http;
     let coordinator = Coordinator::start(config, registry.members()).await?;
     println!("Weft is running: {} worker(s)", handles.len());
     println!("Flight SQL: {}", coordinator.url());
+    if let Some(addr) = coordinator.http_addr() {
+        println!("coordinator: http://{addr}/metrics  /healthz  /readyz");
+    }
+    for w in &handles {
+        if let Some(addr) = w.http_addr() {
+            println!(
+                "worker {}: http://{addr}/metrics  /healthz  /readyz",
+                w.id()
+            );
+        }
+    }
+    println!("(one process: every /metrics shows the metrics of the whole process)");
     println!(
         "try: weft sql --coordinator {} -e \"SELECT count(*) FROM lineitem\"",
         coordinator.url()

@@ -95,7 +95,10 @@ impl ClientPool {
             r#type: action_type.to_string(),
             body: body.encode_to_vec().into(),
         };
-        let mut stream = client.do_action(action).await?.into_inner();
+        let mut stream = client
+            .do_action(crate::telemetry::traces::request(action))
+            .await?
+            .into_inner();
         match stream.next().await {
             Some(r) => Ok(r?.body),
             None => Ok(Bytes::new()),

@@ -8,7 +8,9 @@
 //! - [`codec`]: the datafusion-proto extension codec for those nodes;
 //! - [`flight`]: Flight client pool, action names, error mapping;
 //! - [`session`]: the DataFusion settings distributed execution needs;
-//! - [`sample`]: TPC-H sample data.
+//! - [`sample`]: TPC-H sample data;
+//! - [`telemetry`]: metrics (Prometheus), the `/metrics` `/healthz` `/readyz`
+//!   server, OpenTelemetry traces.
 //!
 //! ```
 //! use weft_common::config::CatalogsConfig;
@@ -28,6 +30,7 @@ pub mod object_stores;
 pub mod registry;
 pub mod sample;
 pub mod session;
+pub mod telemetry;
 
 /// Version string workers announce.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

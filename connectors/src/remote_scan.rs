@@ -286,7 +286,22 @@ impl ExecutionPlan for RemoteScanExec {
             wire_types: self.wire_types.clone(),
             batch_size: context.session_config().batch_size(),
         };
-        Arc::clone(&self.source).execute_query(request, metrics)
+        let catalog = self.source.catalog().to_string();
+        let kind = self.source.kind();
+        // The remote SQL names tables and columns only; connection settings
+        // (and their passwords) are never part of it.
+        let span = tracing::info_span!(
+            "remote_query",
+            catalog = %catalog,
+            kind,
+            relation = %self.relation,
+            split = partition,
+            sql = %query
+        );
+        let stream = span.in_scope(|| Arc::clone(&self.source).execute_query(request, metrics))?;
+        Ok(Box::pin(RemoteQueryStream::new(
+            stream, catalog, kind, span,
+        )))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -303,6 +318,83 @@ impl ExecutionPlan for RemoteScanExec {
             stats.num_rows = datafusion::common::stats::Precision::Inexact(rows);
         }
         Ok(Arc::new(stats))
+    }
+}
+
+/// Counts one remote query in `weft_connector_*`: rows and Arrow bytes as
+/// they arrive; the query itself, its outcome and its duration when it ends
+/// (its last row, an error, or the consumer dropping it: `cancelled`).
+struct RemoteQueryStream {
+    inner: SendableRecordBatchStream,
+    labels: [(&'static str, String); 2],
+    rows: metrics::Counter,
+    bytes: metrics::Counter,
+    started: std::time::Instant,
+    outcome: Option<&'static str>,
+    /// Ends when the remote query does.
+    _span: tracing::Span,
+}
+
+impl RemoteQueryStream {
+    fn new(
+        inner: SendableRecordBatchStream,
+        catalog: String,
+        kind: &'static str,
+        span: tracing::Span,
+    ) -> Self {
+        use weft_common::telemetry::catalog::{CONNECTOR_BYTES, CONNECTOR_ROWS};
+        let labels = [("catalog", catalog), ("kind", kind.to_string())];
+        Self {
+            inner,
+            rows: metrics::counter!(CONNECTOR_ROWS.name, &labels),
+            bytes: metrics::counter!(CONNECTOR_BYTES.name, &labels),
+            labels,
+            started: std::time::Instant::now(),
+            outcome: None,
+            _span: span,
+        }
+    }
+}
+
+impl futures::Stream for RemoteQueryStream {
+    type Item = Result<arrow::record_batch::RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let item = std::task::ready!(self.inner.as_mut().poll_next(cx));
+        match &item {
+            Some(Ok(batch)) => {
+                self.rows.increment(batch.num_rows() as u64);
+                self.bytes.increment(batch.get_array_memory_size() as u64);
+            }
+            Some(Err(_)) => self.outcome = Some("error"),
+            None => {
+                self.outcome.get_or_insert("ok");
+            }
+        }
+        std::task::Poll::Ready(item)
+    }
+}
+
+impl datafusion::physical_plan::RecordBatchStream for RemoteQueryStream {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+impl Drop for RemoteQueryStream {
+    fn drop(&mut self) {
+        use weft_common::telemetry::catalog::{REMOTE_QUERIES, REMOTE_QUERY_DURATION};
+        let status = self.outcome.unwrap_or("cancelled");
+        let [(_, catalog), (_, kind)] = &self.labels;
+        metrics::counter!(REMOTE_QUERIES.name, "catalog" => catalog.clone(), "kind" => kind.clone(), "status" => status)
+            .increment(1);
+        if status == "ok" {
+            metrics::histogram!(REMOTE_QUERY_DURATION.name, &self.labels)
+                .record(self.started.elapsed().as_secs_f64());
+        }
     }
 }
 

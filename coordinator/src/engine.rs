@@ -14,6 +14,7 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::watch;
 use tonic::Status;
+use tracing::Instrument;
 use weft_common::codec::WeftCodec;
 use weft_common::flight::{datafusion_to_status, is_transport_error, ClientPool};
 use weft_common::registry::Members;
@@ -173,18 +174,35 @@ impl Engine {
     /// Plans and starts a query; its results are read with [`Engine::stream`].
     pub async fn start_query(&self, sql: &str) -> Result<Arc<Query>, Status> {
         let query = self.queries.create(sql);
-        tracing::debug!(query_id = %query.id, sql, "query received");
+        let span = tracing::info_span!(
+            "query",
+            query_id = %query.id,
+            state = tracing::field::Empty
+        );
+        *query.span.lock() = Some(span.clone());
+        self.start(query).instrument(span).await
+    }
+
+    async fn start(&self, query: Arc<Query>) -> Result<Arc<Query>, Status> {
+        tracing::debug!(query_id = %query.id, sql = %query.sql, "query received");
         // A caller that goes away while the query is queued or planned
         // (dropped GetFlightInfo) leaves it cancelled, not stuck.
         let mut guard = StartGuard {
             query: Some(Arc::clone(&query)),
             clients: Arc::clone(&self.clients),
         };
-        if let Err(status) = self.admit(&query).await {
+        if let Err(status) = self
+            .admit(&query)
+            .instrument(tracing::info_span!("admission"))
+            .await
+        {
             guard.disarm();
-            query.transition(QueryState::Failed(status.message().to_string()));
+            query.fail(&status);
             return Err(status);
         }
+        metrics::histogram!(weft_common::telemetry::catalog::QUERY_QUEUE_WAIT.name)
+            .record(query.created.elapsed().as_secs_f64());
+        let planning = std::time::Instant::now();
         if !query.transition(QueryState::Planning) {
             guard.disarm();
             return Err(Status::cancelled(format!(
@@ -195,9 +213,13 @@ impl Engine {
         let result = self.run(&query).await;
         guard.disarm();
         match result {
-            Ok(()) => Ok(query),
+            Ok(()) => {
+                metrics::histogram!(weft_common::telemetry::catalog::QUERY_PLANNING.name)
+                    .record(planning.elapsed().as_secs_f64());
+                Ok(query)
+            }
             Err(status) => {
-                query.transition(QueryState::Failed(status.message().to_string()));
+                query.fail(&status);
                 if let Some(run) = query.run_info() {
                     scheduler::notify_workers(&self.clients, &run.workers, &query, true).await;
                 }
@@ -262,7 +284,11 @@ impl Engine {
         if workers.is_empty() {
             return Err(ScheduleError::NoWorkers.into());
         }
-        let (ctx, plan) = self.plan(&query.sql).await.map_err(datafusion_to_status)?;
+        let (ctx, plan) = self
+            .plan(&query.sql)
+            .instrument(tracing::info_span!("planning"))
+            .await
+            .map_err(datafusion_to_status)?;
         // Exported snapshots must stay open until every split has started.
         query.hold(weft_connectors::keep_alives(&plan));
         let plan = materialize_local_leaves(plan, ctx.task_ctx(), &self.codec)
@@ -275,8 +301,9 @@ impl Engine {
             .max_tasks_per_stage
             .unwrap_or_else(|| total_slots(&workers))
             .max(1);
-        let graph =
-            cut_stages(plan, &query.id, max_tasks, &self.clients).map_err(datafusion_to_status)?;
+        let graph = tracing::info_span!("stage_cutting")
+            .in_scope(|| cut_stages(plan, &query.id, max_tasks, &self.clients))
+            .map_err(datafusion_to_status)?;
         let placement = scheduler::place(&graph, &workers)?;
         let used_workers = scheduler::workers_of(&placement);
         // Recorded before launching so a failed launch can be cancelled everywhere.
@@ -297,7 +324,18 @@ impl Engine {
             &self.clients,
             &self.settings.compression,
         )
+        .instrument(tracing::info_span!(
+            "launch",
+            stages = graph.stages.len(),
+            tasks = graph.stages.iter().map(|s| s.tasks).sum::<usize>()
+        ))
         .await?;
+        {
+            use weft_common::telemetry::catalog::{STAGES_LAUNCHED, TASKS_LAUNCHED};
+            metrics::counter!(STAGES_LAUNCHED.name).increment(graph.stages.len() as u64);
+            metrics::counter!(TASKS_LAUNCHED.name)
+                .increment(graph.stages.iter().map(|s| s.tasks as u64).sum());
+        }
         let final_stage = graph.final_stage();
         let final_locations = &locations[final_stage.id as usize];
         let endpoints = (0..final_stage.split_partitions)
@@ -393,8 +431,18 @@ impl Engine {
                 }
             }
         };
+        let span = tracing::info_span!(
+            parent: &query.span(),
+            "result_stream",
+            query_id = %query_id,
+            endpoint,
+            worker = %location.worker_id
+        );
+        let request = span.in_scope(|| {
+            weft_common::telemetry::traces::request(Ticket::new(ticket.encode_to_vec()))
+        });
         let inner = client
-            .do_get(Ticket::new(ticket.encode_to_vec()))
+            .do_get(request)
             .await
             .map_err(describe.clone())?
             .into_inner();
@@ -404,22 +452,26 @@ impl Engine {
             query: Arc::clone(&query),
             finished: false,
         };
+        let sent = ResultCounters::new(span);
         let stream = futures::stream::unfold(
-            (inner, guard, describe),
-            |(mut inner, mut guard, describe)| async move {
+            (inner, guard, describe, sent),
+            |(mut inner, mut guard, describe, sent)| async move {
                 if guard.finished {
                     return None;
                 }
                 match inner.next().await {
-                    Some(Ok(data)) => Some((Ok(data), (inner, guard, describe))),
+                    Some(Ok(data)) => {
+                        sent.count(&data);
+                        Some((Ok(data), (inner, guard, describe, sent)))
+                    }
                     Some(Err(status)) => {
                         // A query already failed (e.g. a worker left) reports that cause.
                         let status = match guard.query.state() {
                             QueryState::Failed(m) => Status::aborted(m),
                             _ => describe(status),
                         };
-                        guard.fail(status.message().to_string());
-                        Some((Err(status), (inner, guard, describe)))
+                        guard.fail(&status);
+                        Some((Err(status), (inner, guard, describe, sent)))
                     }
                     None => {
                         guard.complete();
@@ -471,7 +523,7 @@ impl Engine {
                     "worker {id} at {address} left the cluster (lease expired or shut down) while running query {}",
                     q.id
                 );
-                if q.transition(QueryState::Failed(message.clone())) {
+                if q.fail(&Status::unavailable(message.clone())) {
                     tracing::warn!("{message}");
                     scheduler::notify_workers(&self.clients, &run.workers, &q, true).await;
                 }
@@ -575,6 +627,38 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
+/// `weft_coordinator_result_{bytes,rows}_total` of results forwarded to a client.
+/// Also holds the `result_stream` span, which ends with the stream.
+struct ResultCounters {
+    bytes: metrics::Counter,
+    rows: metrics::Counter,
+    _span: tracing::Span,
+}
+
+impl ResultCounters {
+    fn new(span: tracing::Span) -> Self {
+        use weft_common::telemetry::catalog::{RESULT_BYTES, RESULT_ROWS};
+        Self {
+            bytes: metrics::counter!(RESULT_BYTES.name),
+            rows: metrics::counter!(RESULT_ROWS.name),
+            _span: span,
+        }
+    }
+
+    /// Counts one forwarded Flight message; a record batch's row count is in
+    /// its IPC header, so nothing is decoded.
+    fn count(&self, data: &FlightData) {
+        self.bytes
+            .increment((data.data_header.len() + data.data_body.len()) as u64);
+        let rows = arrow::ipc::root_as_message(&data.data_header)
+            .ok()
+            .and_then(|m| m.header_as_record_batch())
+            .map(|b| b.length())
+            .unwrap_or(0);
+        self.rows.increment(rows.max(0) as u64);
+    }
+}
+
 /// Ends the query when the result stream finishes or is dropped.
 struct StreamGuard {
     engine: Arc<Engine>,
@@ -590,9 +674,9 @@ impl StreamGuard {
         }
     }
 
-    fn fail(&mut self, message: String) {
+    fn fail(&mut self, status: &Status) {
         self.finished = true;
-        if self.query.transition(QueryState::Failed(message)) {
+        if self.query.fail(status) {
             self.notify(true);
         }
     }
@@ -620,6 +704,22 @@ impl Drop for StreamGuard {
             }
         }
     }
+}
+
+/// `schema` with the types results are delivered in: `Utf8View` as `Utf8`,
+/// `BinaryView` as `Binary` (see [`plain_string_output`]).
+pub fn delivered_schema(schema: &arrow::datatypes::SchemaRef) -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 /// Results leave Weft with `Utf8` / `Binary` instead of view types, which many

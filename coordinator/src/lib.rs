@@ -39,8 +39,11 @@ use tokio::task::JoinHandle;
 use weft_common::catalog::{register_catalogs, FILES_SCHEMA};
 use weft_common::config::CatalogsConfig;
 use weft_common::flight::MAX_MESSAGE_SIZE;
-use weft_common::registry::Members;
+use weft_common::registry::{Members, Registry};
 use weft_common::session::{weft_session_config, DEFAULT_TARGET_PARTITIONS};
+use weft_common::telemetry::catalog::{self as metric, Role};
+use weft_common::telemetry::http::{HttpServer, Readiness};
+use weft_common::telemetry::GaugeSource;
 use weft_connectors::Connectors;
 
 pub use engine::{Engine, EngineSettings};
@@ -51,6 +54,11 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     pub catalogs: CatalogsConfig,
     pub engine: EngineSettings,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` = no HTTP.
+    pub http_listen: Option<SocketAddr>,
+    /// The membership registry, asked by `/readyz` whether it answers
+    /// (etcd reachable); `None` = only live workers are checked.
+    pub registry: Option<Arc<dyn Registry>>,
 }
 
 impl CoordinatorConfig {
@@ -59,6 +67,8 @@ impl CoordinatorConfig {
             listen,
             catalogs,
             engine: EngineSettings::default(),
+            http_listen: None,
+            registry: None,
         }
     }
 }
@@ -75,6 +85,8 @@ pub struct CoordinatorHandle {
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     watcher: JoinHandle<()>,
+    http: Option<HttpServer>,
+    _gauges: Arc<dyn GaugeSource>,
 }
 
 /// Adds Weft's physical optimizer rules: [`planner::broadcast::BroadcastJoins`]
@@ -163,13 +175,88 @@ impl Coordinator {
         );
         let watcher = tokio::spawn(watch_membership(Arc::clone(&engine), members));
         tracing::info!(%addr, "coordinator serving Flight SQL");
+        weft_common::telemetry::register_role(Role::Coordinator);
+        let gauges: Arc<dyn GaugeSource> = Arc::new(CoordinatorGauges {
+            engine: Arc::downgrade(&engine),
+        });
+        weft_common::telemetry::add_gauge_source(&gauges);
+        let http = match config.http_listen {
+            Some(listen) => {
+                let readiness = Arc::new(CoordinatorReadiness {
+                    engine: Arc::downgrade(&engine),
+                    registry: config.registry.clone(),
+                });
+                let http = HttpServer::start(listen, readiness).await?;
+                tracing::info!(url = %http.url(), "coordinator serving /metrics, /healthz, /readyz");
+                Some(http)
+            }
+            None => None,
+        };
         Ok(CoordinatorHandle {
             addr,
             engine,
             stop: Some(stop_tx),
             server: Some(server),
             watcher,
+            http,
+            _gauges: gauges,
         })
+    }
+}
+
+/// Gauges of one coordinator, computed when scraped.
+#[derive(Debug)]
+struct CoordinatorGauges {
+    engine: std::sync::Weak<Engine>,
+}
+
+impl GaugeSource for CoordinatorGauges {
+    fn gauges(&self, out: &mut Vec<(&'static str, f64)>) {
+        let Some(engine) = self.engine.upgrade() else {
+            return;
+        };
+        let (mut running, mut queued, mut slots_used) = (0usize, 0usize, 0usize);
+        for q in engine.queries.active() {
+            match q.state() {
+                queries::QueryState::Queued => queued += 1,
+                _ => running += 1,
+            }
+            if let Some(run) = q.run_info() {
+                slots_used += run.stages.iter().map(Vec::len).sum::<usize>();
+            }
+        }
+        let members = engine.members.borrow().clone();
+        out.push((metric::QUERIES_RUNNING.name, running as f64));
+        out.push((metric::QUERIES_QUEUED.name, queued as f64));
+        out.push((metric::WORKERS_LIVE.name, members.len() as f64));
+        out.push((
+            metric::SLOTS_TOTAL.name,
+            scheduler::total_slots(&members) as f64,
+        ));
+        out.push((metric::SLOTS_USED.name, slots_used as f64));
+    }
+}
+
+/// A coordinator is ready when its registry answers and at least one worker
+/// is live.
+struct CoordinatorReadiness {
+    engine: std::sync::Weak<Engine>,
+    registry: Option<Arc<dyn Registry>>,
+}
+
+#[async_trait::async_trait]
+impl Readiness for CoordinatorReadiness {
+    async fn ready(&self) -> Result<(), String> {
+        let Some(engine) = self.engine.upgrade() else {
+            return Err("the coordinator is stopped".into());
+        };
+        if let Some(registry) = &self.registry {
+            registry.health().await?;
+        }
+        if engine.members.borrow().is_empty() {
+            return Err("no live workers: start weft-worker processes with the same --etcd and --etcd-prefix".into());
+        }
+        Ok(())
     }
 }
 
@@ -205,12 +292,20 @@ impl CoordinatorHandle {
         &self.engine
     }
 
+    /// Address of the `/metrics` `/healthz` `/readyz` server, if serving.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::addr)
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        }
+        if let Some(http) = self.http.take() {
+            http.shutdown().await;
         }
     }
 }

@@ -2,11 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use weft_common::config::CatalogsConfig;
 use weft_common::registry::{EtcdRegistry, EtcdSettings, Registry};
+use weft_common::telemetry::traces::TracingOptions;
 use weft_coordinator::{Coordinator, CoordinatorConfig};
 
 /// Weft coordinator: serves Arrow Flight SQL, plans queries into stages and
@@ -57,23 +59,45 @@ struct Args {
     /// Seconds to keep retrying etcd at startup.
     #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
     etcd_connect_timeout: u64,
+    /// HOST:PORT of the HTTP server for /metrics, /healthz and /readyz
+    /// (default: the --listen host with its port + 1000, e.g. 51050; `none`
+    /// turns it off).
+    #[arg(long, env = "WEFT_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://otel-collector:4317);
+    /// without it, OTEL_EXPORTER_OTLP_ENDPOINT; neither = no traces.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    let tracing = weft_common::telemetry::traces::init(TracingOptions {
+        service: "weft-coordinator",
+        instance_id: format!(
+            "coordinator-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ),
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        default_log_filter: "info",
+        log_to_stderr: false,
+    })
+    .map_err(anyhow::Error::msg)?;
     let catalogs = CatalogsConfig::load(&args.catalogs)?;
     let mut settings = EtcdSettings::new(args.etcd.clone());
     settings.prefix = args.etcd_prefix.clone();
     let registry =
         EtcdRegistry::connect(settings, Duration::from_secs(args.etcd_connect_timeout)).await?;
     registry.start_watch().await?;
+    let members = registry.members();
     let mut config = CoordinatorConfig::new(args.listen, catalogs);
+    config.http_listen =
+        weft_common::telemetry::http::http_listen_address(args.http_listen.as_deref(), args.listen)
+            .map_err(anyhow::Error::msg)?;
+    // Kept here for the life of the process: dropping it stops the membership watch.
+    let registry = Arc::new(registry);
+    config.registry = Some(Arc::clone(&registry) as Arc<dyn Registry>);
     config.engine.target_partitions = args.target_partitions;
     config.engine.max_tasks_per_stage = args.max_tasks_per_stage;
     config.engine.result_timeout = Duration::from_secs(args.result_timeout);
@@ -86,12 +110,19 @@ async fn main() -> anyhow::Result<()> {
         "none" => String::new(),
         other => other.to_string(),
     };
-    let coordinator = Coordinator::start(config, registry.members()).await?;
+    let coordinator = Coordinator::start(config, members).await?;
     println!(
         "weft-coordinator serving Flight SQL at {}",
         coordinator.url()
     );
-    tokio::signal::ctrl_c().await?;
+    if let Some(http) = coordinator.http_addr() {
+        println!("weft-coordinator serving /metrics, /healthz, /readyz at http://{http}");
+    }
+    weft_common::telemetry::shutdown_signal().await;
+    tracing::info!("shutting down");
     coordinator.shutdown().await;
+    drop(registry);
+    // Pending spans leave before the process does.
+    tracing.shutdown();
     Ok(())
 }

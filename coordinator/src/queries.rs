@@ -99,6 +99,10 @@ pub struct Query {
     streams_opened: AtomicUsize,
     /// Resources that live as long as the query runs (exported snapshots).
     held: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
+    /// The query's trace span; closed when the query ends.
+    pub(crate) span: Mutex<Option<tracing::Span>>,
+    /// Error kind label of a failure (`weft_coordinator_queries_finished_total`).
+    failure_kind: Mutex<&'static str>,
     /// Final statuses of tasks the workers have forgotten: `(worker id,
     /// address, status)`, returned when the query was released or cancelled.
     ended_tasks: Mutex<Vec<(String, String, TaskStatus)>>,
@@ -129,6 +133,11 @@ impl Query {
         }
     }
 
+    /// The query's span while it runs (a disabled span once it ended).
+    pub fn span(&self) -> tracing::Span {
+        self.span.lock().clone().unwrap_or_else(tracing::Span::none)
+    }
+
     pub fn state(&self) -> QueryState {
         self.state.lock().clone()
     }
@@ -148,10 +157,31 @@ impl Query {
         tracing::debug!(query_id = %self.id, from = s.name(), to = next.name(), "query state");
         if next.is_terminal() {
             self.held.lock().clear();
-            *self.ended.lock() = Some(Instant::now());
+            let now = Instant::now();
+            *self.ended.lock() = Some(now);
+            let kind = match &next {
+                QueryState::Finished => "none",
+                QueryState::Cancelled => "cancelled",
+                _ => *self.failure_kind.lock(),
+            };
+            use weft_common::telemetry::catalog::{QUERIES_FINISHED, QUERY_DURATION};
+            metrics::counter!(QUERIES_FINISHED.name, "state" => next.name(), "error_kind" => kind)
+                .increment(1);
+            metrics::histogram!(QUERY_DURATION.name, "state" => next.name())
+                .record(now.duration_since(self.created).as_secs_f64());
+            if let Some(span) = self.span.lock().take() {
+                span.record("state", next.name());
+            }
         }
         *s = next;
         true
+    }
+
+    /// Fails the query with `status` (its code picks the error kind);
+    /// returns whether it moved.
+    pub fn fail(&self, status: &tonic::Status) -> bool {
+        *self.failure_kind.lock() = weft_common::telemetry::error_kind(status.code());
+        self.transition(QueryState::Failed(status.message().to_string()))
     }
 
     pub fn set_running(&self, run: Arc<RunInfo>) {
@@ -310,8 +340,11 @@ impl QueryManager {
             endpoints_done: AtomicUsize::new(0),
             streams_opened: AtomicUsize::new(0),
             held: Mutex::new(Vec::new()),
+            failure_kind: Mutex::new("execution"),
+            span: Mutex::new(None),
             ended_tasks: Mutex::new(Vec::new()),
         });
+        metrics::counter!(weft_common::telemetry::catalog::QUERIES_STARTED.name).increment(1);
         let mut queries = self.queries.lock();
         queries.retain(|_, q| !(q.state().is_terminal() && q.created.elapsed() > KEEP_ENDED));
         queries.insert(q.id.clone(), Arc::clone(&q));

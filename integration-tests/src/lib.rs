@@ -12,6 +12,8 @@
 
 pub mod mysql;
 pub mod pg;
+pub mod process;
+pub mod prometheus;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

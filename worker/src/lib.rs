@@ -34,6 +34,9 @@ use weft_common::codec::WeftCodec;
 use weft_common::config::CatalogsConfig;
 use weft_common::flight::{ClientPool, MAX_MESSAGE_SIZE};
 use weft_common::registry::{Registration, Registry, WorkerInfo};
+use weft_common::telemetry::catalog::{self as metric, Role};
+use weft_common::telemetry::http::{HttpServer, Readiness};
+use weft_common::telemetry::GaugeSource;
 use weft_connectors::Connectors;
 
 pub use service::WorkerService;
@@ -55,6 +58,8 @@ pub struct WorkerConfig {
     /// Catalogs whose sources this worker reads (database catalogs need
     /// their connection settings here; plans carry only catalog names).
     pub catalogs: CatalogsConfig,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` = no HTTP.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -68,6 +73,7 @@ impl WorkerConfig {
             memory_limit: None,
             id: None,
             catalogs: CatalogsConfig::default(),
+            http_listen: None,
         }
     }
 }
@@ -83,7 +89,9 @@ pub struct Worker;
 pub struct WorkerHandle {
     info: WorkerInfo,
     tasks: Arc<TaskManager>,
-    registration: Option<Box<dyn Registration>>,
+    registration: Option<Arc<dyn Registration>>,
+    http: Option<HttpServer>,
+    _gauges: Arc<dyn GaugeSource>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -137,6 +145,14 @@ impl Worker {
             tracing::error!("catalog \"{catalog}\": {message}; its tables cannot be read here");
         }
         let tasks = TaskManager::new(id.clone(), address, runtime, codec);
+        tasks.set_file_catalogs(&config.catalogs);
+        weft_common::telemetry::register_role(Role::Worker);
+        let gauges: Arc<dyn GaugeSource> = Arc::new(WorkerGauges {
+            tasks: Arc::downgrade(&tasks),
+            slots: config.slots.max(1),
+            memory_limit: config.memory_limit,
+        });
+        weft_common::telemetry::add_gauge_source(&gauges);
         let service = FlightServiceServer::new(WorkerService::new(Arc::clone(&tasks)))
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -153,12 +169,27 @@ impl Worker {
                     let _ = stop_rx.await;
                 }),
         );
-        let registration = registry.register(info.clone()).await?;
+        let registration: Arc<dyn Registration> = Arc::from(registry.register(info.clone()).await?);
         tracing::info!(worker = %id, address = %info.address, slots = info.slots, "worker registered");
+        let http = match config.http_listen {
+            Some(listen) => {
+                let readiness = Arc::new(WorkerReadiness {
+                    tasks: Arc::downgrade(&tasks),
+                    registration: Arc::downgrade(&registration),
+                    id: id.clone(),
+                });
+                let http = HttpServer::start(listen, readiness).await?;
+                tracing::info!(worker = %id, url = %http.url(), "worker serving /metrics, /healthz, /readyz");
+                Some(http)
+            }
+            None => None,
+        };
         Ok(WorkerHandle {
             info,
             tasks,
             registration: Some(registration),
+            http,
+            _gauges: gauges,
             stop: Some(stop_tx),
             server: Some(server),
         })
@@ -183,6 +214,11 @@ impl WorkerHandle {
         &self.tasks
     }
 
+    /// Address of the `/metrics` `/healthz` `/readyz` server, if serving.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::addr)
+    }
+
     /// Graceful stop (SIGTERM): leave the membership at once, accept no new
     /// tasks, let running tasks finish (up to [`SHUTDOWN_GRACE`]), then stop.
     pub async fn shutdown(mut self) {
@@ -202,6 +238,9 @@ impl WorkerHandle {
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
+        if let Some(http) = self.http.take() {
+            http.shutdown().await;
+        }
     }
 
     /// Abrupt stop, as if the process died: the server stops answering and the
@@ -214,6 +253,66 @@ impl WorkerHandle {
         self.tasks.kill();
         // Dropping the registration stops the keep-alive without revoking.
         self.registration.take();
+    }
+}
+
+/// Gauges of one worker, computed when scraped.
+#[derive(Debug)]
+struct WorkerGauges {
+    tasks: std::sync::Weak<TaskManager>,
+    slots: u32,
+    memory_limit: Option<usize>,
+}
+
+impl GaugeSource for WorkerGauges {
+    fn gauges(&self, out: &mut Vec<(&'static str, f64)>) {
+        let Some(tasks) = self.tasks.upgrade() else {
+            return;
+        };
+        let running = tasks.running_count();
+        out.push((metric::TASKS_RUNNING.name, running as f64));
+        out.push((metric::SLOTS.name, f64::from(self.slots)));
+        out.push((
+            metric::SLOTS_FREE.name,
+            (self.slots as usize).saturating_sub(running) as f64,
+        ));
+        out.push((
+            metric::MEMORY_RESERVED.name,
+            tasks.runtime().memory_pool.reserved() as f64,
+        ));
+        out.push((
+            metric::MEMORY_LIMIT.name,
+            self.memory_limit.unwrap_or(0) as f64,
+        ));
+    }
+}
+
+/// A worker is ready while it is registered (its lease kept alive) and
+/// accepts tasks.
+struct WorkerReadiness {
+    tasks: std::sync::Weak<TaskManager>,
+    registration: std::sync::Weak<dyn Registration>,
+    id: String,
+}
+
+#[async_trait::async_trait]
+impl Readiness for WorkerReadiness {
+    async fn ready(&self) -> Result<(), String> {
+        let id = &self.id;
+        let Some(tasks) = self.tasks.upgrade() else {
+            return Err(format!("worker {id} is stopped"));
+        };
+        if !tasks.is_accepting() {
+            return Err(format!(
+                "worker {id} is draining: it accepts no new tasks and finishes the running ones"
+            ));
+        }
+        let Some(registration) = self.registration.upgrade() else {
+            return Err(format!("worker {id} has left the membership"));
+        };
+        registration
+            .health()
+            .map_err(|reason| format!("worker {id} is not registered: {reason}"))
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use weft_common::config::CatalogsConfig;
 use weft_common::registry::{EtcdRegistry, EtcdSettings};
+use weft_common::telemetry::traces::TracingOptions;
 use weft_worker::{parse_size, Worker, WorkerConfig};
 
 /// Weft worker: registers in etcd under a lease, runs plan fragments and
@@ -44,16 +45,32 @@ struct Args {
     /// Seconds to keep retrying etcd at startup.
     #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
     etcd_connect_timeout: u64,
+    /// HOST:PORT of the HTTP server for /metrics, /healthz and /readyz
+    /// (default: the --listen host with its port + 1000, e.g. 51051; `none`
+    /// turns it off).
+    #[arg(long, env = "WEFT_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://otel-collector:4317);
+    /// without it, OTEL_EXPORTER_OTLP_ENDPOINT; neither = no traces.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    let id = format!(
+        "worker-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let tracing = weft_common::telemetry::traces::init(TracingOptions {
+        service: "weft-worker",
+        instance_id: id.clone(),
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        default_log_filter: "info",
+        log_to_stderr: false,
+    })
+    .map_err(anyhow::Error::msg)?;
     // Validated at startup so a bad file fails here, not in the middle of a query.
     let catalogs = CatalogsConfig::load(&args.catalogs)?;
     let mut settings = EtcdSettings::new(args.etcd.clone());
@@ -62,41 +79,32 @@ async fn main() -> anyhow::Result<()> {
     let registry =
         EtcdRegistry::connect(settings, Duration::from_secs(args.etcd_connect_timeout)).await?;
     let mut config = WorkerConfig::new(args.listen);
+    config.id = Some(id);
     config.advertise = args.advertise;
     if let Some(s) = args.slots {
         config.slots = s;
     }
     config.memory_limit = args.memory_limit;
     config.catalogs = catalogs;
+    config.http_listen =
+        weft_common::telemetry::http::http_listen_address(args.http_listen.as_deref(), args.listen)
+            .map_err(anyhow::Error::msg)?;
     let worker = Worker::start(config, Arc::new(registry)).await?;
     println!(
         "weft-worker {} serving Flight at {}",
         worker.id(),
         worker.address()
     );
-    shutdown_signal().await;
+    if let Some(http) = worker.http_addr() {
+        println!(
+            "weft-worker {} serving /metrics, /healthz, /readyz at http://{http}",
+            worker.id()
+        );
+    }
+    weft_common::telemetry::shutdown_signal().await;
     tracing::info!("shutting down: leaving the cluster and finishing running tasks");
     worker.shutdown().await;
+    // Pending spans leave before the process does.
+    tracing.shutdown();
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

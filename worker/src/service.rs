@@ -50,6 +50,24 @@ impl From<TaskError> for Status {
     }
 }
 
+/// `weft_worker_exchange_sent_*{transport="flight"}`.
+struct SentCounters {
+    bytes: metrics::Counter,
+    batches: metrics::Counter,
+    rows: metrics::Counter,
+}
+
+impl SentCounters {
+    fn new() -> Self {
+        use weft_common::telemetry::catalog::*;
+        Self {
+            bytes: metrics::counter!(EXCHANGE_SENT_BYTES.name, "transport" => "flight"),
+            batches: metrics::counter!(EXCHANGE_SENT_BATCHES.name, "transport" => "flight"),
+            rows: metrics::counter!(EXCHANGE_SENT_ROWS.name, "transport" => "flight"),
+        }
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn decode<M: Message + Default>(body: &[u8], what: &str) -> Result<M, Status> {
@@ -120,6 +138,15 @@ impl FlightService for WorkerService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket: PartitionTicket = decode(&request.get_ref().ticket, "partition ticket")?;
         let id = ticket.task.unwrap_or_default();
+        let span = tracing::info_span!(
+            "serve_output",
+            query_id = %id.query_id,
+            stage = id.stage_id,
+            task = id.task_index,
+            output = ticket.partition,
+            worker = %self.tasks.worker_id(),
+        );
+        weft_common::telemetry::traces::set_parent(&span, request.metadata());
         let (task, batches) = self.tasks.output_batches(&id, ticket.partition)?;
         let compression = match task.compression.as_str() {
             "lz4" => Some(CompressionType::LZ4_FRAME),
@@ -129,6 +156,13 @@ impl FlightService for WorkerService {
         let options = IpcWriteOptions::default()
             .try_with_compression(compression)
             .map_err(|e| Status::internal(e.to_string()))?;
+        let sent = SentCounters::new();
+        let (rows, batch_count) = (sent.rows.clone(), sent.batches.clone());
+        let batches = batches.inspect_ok(move |b| {
+            rows.increment(b.num_rows() as u64);
+            batch_count.increment(1);
+        });
+        let bytes = sent.bytes;
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(task.plan.schema())
             .with_options(options)
@@ -136,6 +170,11 @@ impl FlightService for WorkerService {
             .map_err(|e| match e {
                 FlightError::Tonic(status) => *status,
                 other => Status::internal(other.to_string()),
+            })
+            .inspect_ok(move |d| {
+                // The span lives as long as the stream: it ends when the reader is done.
+                let _in_span = &span;
+                bytes.increment((d.data_header.len() + d.data_body.len()) as u64)
             });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -151,11 +190,21 @@ impl FlightService for WorkerService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        let action = request.into_inner();
+        let (metadata, _, action) = request.into_parts();
         match action.r#type.as_str() {
             actions::LAUNCH_TASK => {
                 let launch: LaunchTask = decode(&action.body, "launch request")?;
-                let outputs = self.tasks.launch(launch)?;
+                let id = launch.task.clone().unwrap_or_default();
+                let span = tracing::info_span!(
+                    "task",
+                    query_id = %id.query_id,
+                    stage = id.stage_id,
+                    task = id.task_index,
+                    worker = %self.tasks.worker_id(),
+                    state = tracing::field::Empty,
+                );
+                weft_common::telemetry::traces::set_parent(&span, &metadata);
+                let outputs = self.tasks.launch_in(launch, span)?;
                 Ok(one_result(
                     LaunchTaskResult {
                         output_partitions: outputs,

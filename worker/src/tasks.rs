@@ -22,7 +22,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -80,6 +80,8 @@ pub struct TaskManager {
     accepting: AtomicBool,
     killed: AtomicBool,
     launched: AtomicU64,
+    /// `(URL prefix, catalog)` of the files catalogs, to attribute scans.
+    file_catalogs: Mutex<Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for TaskManager {
@@ -109,6 +111,8 @@ pub struct RunningTask {
     /// Exclusive outputs taken by a reader, and read to their end.
     outputs_opened: std::sync::atomic::AtomicU32,
     outputs_read: std::sync::atomic::AtomicU32,
+    /// The task's trace span, closed when the task ends.
+    span: Mutex<Option<tracing::Span>>,
 }
 
 #[derive(Debug)]
@@ -229,8 +233,63 @@ impl RunningTask {
     fn set_state(&self, state: TaskState, error: String) {
         let mut s = self.state.lock();
         if s.0 == TaskState::Running {
+            let label = match state {
+                TaskState::Finished => "finished",
+                TaskState::Failed => "failed",
+                _ => "cancelled",
+            };
+            metrics::counter!(weft_common::telemetry::catalog::TASKS_FINISHED.name, "state" => label)
+                .increment(1);
+            if let Some(span) = self.span.lock().take() {
+                span.record("state", label);
+            }
             *s = (state, error);
         }
+    }
+
+    /// Adds what the task's scans read and its operators spilled to the
+    /// worker's counters (once, when the task is removed): files scans are
+    /// DataFusion's own operators, so their rows are known from their metrics.
+    fn record_final_metrics(&self, file_catalogs: &[(String, String)]) {
+        use datafusion::datasource::physical_plan::FileScanConfig;
+        use datafusion::datasource::source::DataSourceExec;
+        use weft_common::telemetry::catalog::*;
+        let mut spilled = 0usize;
+        let mut stack: Vec<Arc<dyn ExecutionPlan>> = vec![Arc::clone(&self.plan)];
+        while let Some(node) = stack.pop() {
+            stack.extend(node.children().into_iter().cloned());
+            let Some(m) = node.metrics() else { continue };
+            spilled += m.spilled_bytes().unwrap_or(0);
+            let Some(scan) = node
+                .downcast_ref::<DataSourceExec>()
+                .and_then(|d| d.data_source().downcast_ref::<FileScanConfig>())
+            else {
+                continue;
+            };
+            let Some(file) = scan.file_groups.iter().flat_map(|g| g.files()).next() else {
+                continue;
+            };
+            let url = format!(
+                "{}{}",
+                scan.object_store_url.as_str(),
+                file.object_meta.location
+            );
+            let Some((_, catalog)) = file_catalogs
+                .iter()
+                .find(|(prefix, _)| url.starts_with(prefix.as_str()))
+            else {
+                continue;
+            };
+            let rows = m.output_rows().unwrap_or(0);
+            let bytes = m
+                .sum_by_name("bytes_scanned")
+                .map(|v| v.as_usize())
+                .unwrap_or(0);
+            let labels = [("catalog", catalog.clone()), ("kind", "files".to_string())];
+            metrics::counter!(CONNECTOR_ROWS.name, &labels).increment(rows as u64);
+            metrics::counter!(CONNECTOR_BYTES.name, &labels).increment(bytes as u64);
+        }
+        metrics::counter!(SPILLED_BYTES.name).increment(spilled as u64);
     }
 
     fn cancel(&self) {
@@ -266,7 +325,19 @@ impl LocalOutputs for OwnOutputs {
             )));
         };
         match manager.output_batches(task, partition) {
-            Ok((_, stream)) => Ok(stream),
+            Ok((_, stream)) => {
+                use weft_common::telemetry::catalog::*;
+                let bytes = metrics::counter!(EXCHANGE_SENT_BYTES.name, "transport" => "local");
+                let batches = metrics::counter!(EXCHANGE_SENT_BATCHES.name, "transport" => "local");
+                let rows = metrics::counter!(EXCHANGE_SENT_ROWS.name, "transport" => "local");
+                Ok(stream
+                    .inspect_ok(move |b| {
+                        bytes.increment(b.get_array_memory_size() as u64);
+                        batches.increment(1);
+                        rows.increment(b.num_rows() as u64);
+                    })
+                    .boxed())
+            }
             Err(e @ TaskError::NotFound { .. }) => Err(LocalOpenError::NotFound(e.to_string())),
             Err(e) => Err(LocalOpenError::Failed(e.to_string())),
         }
@@ -303,7 +374,34 @@ impl TaskManager {
             accepting: AtomicBool::new(true),
             killed: AtomicBool::new(false),
             launched: AtomicU64::new(0),
+            file_catalogs: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Names the files catalogs whose scans count in `weft_connector_*`.
+    pub fn set_file_catalogs(&self, catalogs: &weft_common::config::CatalogsConfig) {
+        let mut prefixes: Vec<(String, String)> = catalogs
+            .catalogs
+            .iter()
+            .filter_map(|(name, c)| match c {
+                weft_common::config::CatalogConfig::Files { path, .. } => {
+                    Some((file_url_prefix(path), name.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        // The longest prefix wins when one catalog's directory holds another's.
+        prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        *self.file_catalogs.lock() = prefixes;
+    }
+
+    /// Whether new tasks are accepted (not stopping, not killed).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst) && !self.killed.load(Ordering::SeqCst)
+    }
+
+    pub fn runtime(&self) -> &Arc<RuntimeEnv> {
+        &self.runtime
     }
 
     pub fn stop_accepting(&self) {
@@ -360,6 +458,17 @@ impl TaskManager {
 
     /// Decodes and starts a task; returns its number of outputs.
     pub fn launch(&self, request: LaunchTask) -> std::result::Result<u32, TaskError> {
+        self.launch_in(request, tracing::Span::none())
+    }
+
+    /// [`TaskManager::launch`] under `span`: the task's span, which covers
+    /// decoding and running it and parents its exchange reads.
+    pub fn launch_in(
+        &self,
+        request: LaunchTask,
+        span: tracing::Span,
+    ) -> std::result::Result<u32, TaskError> {
+        let _entered = span.enter();
         let id = request.task.clone().unwrap_or_default();
         if self.killed.load(Ordering::SeqCst) {
             return Err(TaskError::Killed {
@@ -411,6 +520,7 @@ impl TaskManager {
             bytes_out: AtomicU64::new(0),
             outputs_opened: Default::default(),
             outputs_read: Default::default(),
+            span: Mutex::new(None),
         });
         {
             let mut tasks = self.tasks.lock();
@@ -425,12 +535,17 @@ impl TaskManager {
         if count == 0 {
             task.set_state(TaskState::Finished, String::new());
         }
+        *task.span.lock() = Some(span.clone());
         let mut producers = task.producers.lock();
         for (i, (stream, sink)) in streams.into_iter().zip(senders).enumerate() {
-            producers.spawn(pump(stream, sink, Arc::downgrade(&task), i));
+            producers.spawn(tracing::Instrument::instrument(
+                pump(stream, sink, Arc::downgrade(&task), i),
+                span.clone(),
+            ));
         }
         drop(producers);
         self.launched.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(weft_common::telemetry::catalog::WORKER_TASKS_LAUNCHED.name).increment(1);
         tracing::debug!(task = %id, outputs = count, "task launched");
         Ok(count as u32)
     }
@@ -518,9 +633,16 @@ impl TaskManager {
     }
 
     fn remove_query(&self, query_id: &str) -> Vec<Arc<RunningTask>> {
-        let mut tasks = self.tasks.lock();
-        let keys: Vec<_> = tasks.keys().filter(|k| k.0 == query_id).cloned().collect();
-        keys.iter().filter_map(|k| tasks.remove(k)).collect()
+        let removed: Vec<_> = {
+            let mut tasks = self.tasks.lock();
+            let keys: Vec<_> = tasks.keys().filter(|k| k.0 == query_id).cloned().collect();
+            keys.iter().filter_map(|k| tasks.remove(k)).collect()
+        };
+        let catalogs = self.file_catalogs.lock().clone();
+        for t in &removed {
+            t.record_final_metrics(&catalogs);
+        }
+        removed
     }
 
     /// Stops every task of a query and frees its buffers; returns the
@@ -644,6 +766,21 @@ impl TaskManager {
 /// View arrays (Utf8View / BinaryView) may reference large shared buffers that
 /// IPC would send whole with every batch (a 20-row batch of 20 MB has been
 /// seen); copy just the referenced bytes before a batch leaves the worker.
+/// The URL prefix a files catalog's scans carry (`file:///abs/dir`,
+/// `s3://bucket/prefix`), as DataFusion's object store URL + path.
+fn file_url_prefix(path: &str) -> String {
+    if path.contains("://") {
+        return format!("{}/", path.trim_end_matches('/'));
+    }
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| std::path::PathBuf::from(path));
+    format!(
+        "file:///{}/",
+        abs.to_string_lossy()
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+    )
+}
+
 fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
     use arrow::array::{Array, ArrayRef, BinaryViewArray, StringViewArray};
     use arrow::datatypes::DataType;

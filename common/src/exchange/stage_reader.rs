@@ -21,6 +21,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
+use tracing::Instrument;
 use weft_proto::{PartitionTicket, TaskId, TaskLocation};
 
 use super::local::{LocalExchange, LocalOpenError};
@@ -273,20 +274,42 @@ impl ExecutionPlan for StageReaderExec {
             };
             let schema = Arc::clone(&self.schema);
             let stage_id = self.stage_id;
+            let span = |transport: &'static str| {
+                tracing::info_span!(
+                    "exchange_read",
+                    query_id = %self.query_id,
+                    stage = stage_id,
+                    task = location.task_index,
+                    worker = %location.worker_id,
+                    output,
+                    transport
+                )
+            };
             if let Some(local) = local.as_ref().filter(|l| l.serves(&location)) {
                 let local = Arc::clone(local);
-                builder.spawn(async move {
-                    let mut stream = open_local(&local, &task, output, stage_id).await?;
-                    while let Some(batch) = stream.next().await {
-                        let batch =
-                            RecordBatch::try_new(Arc::clone(&schema), batch?.columns().to_vec())?;
-                        if tx.send(Ok(batch)).await.is_err() {
-                            // The consumer is gone; dropping the stream stops the producer.
-                            break;
+                let span = span(LOCAL);
+                builder.spawn(
+                    async move {
+                        let received = Received::new(LOCAL);
+                        let mut waited = std::time::Instant::now();
+                        let mut stream = open_local(&local, &task, output, stage_id).await?;
+                        while let Some(batch) = stream.next().await {
+                            let batch = batch?;
+                            received.batch(waited, batch.num_rows(), batch.get_array_memory_size());
+                            let batch = RecordBatch::try_new(
+                                Arc::clone(&schema),
+                                batch.columns().to_vec(),
+                            )?;
+                            if tx.send(Ok(batch)).await.is_err() {
+                                // The consumer is gone; dropping the stream stops the producer.
+                                break;
+                            }
+                            waited = std::time::Instant::now();
                         }
+                        Ok(())
                     }
-                    Ok(())
-                });
+                    .instrument(span),
+                );
                 continue;
             }
             let client = self.clients.client(&location.address)?;
@@ -294,6 +317,7 @@ impl ExecutionPlan for StageReaderExec {
                 task: Some(task),
                 partition: output,
             };
+            let span = span(FLIGHT);
             builder.spawn(async move {
                 let describe = |status: tonic::Status| -> DataFusionError {
                     if is_transport_error(&status) {
@@ -312,12 +336,15 @@ impl ExecutionPlan for StageReaderExec {
                     }
                 };
                 let mut client = client;
+                let received = Received::new(FLIGHT);
+                let mut waited = std::time::Instant::now();
                 // The coordinator launches every stage at once, so the
                 // upstream task may not be registered yet: retry briefly.
                 let deadline = tokio::time::Instant::now() + UPSTREAM_WAIT;
                 let mut backoff = FIRST_BACKOFF;
                 let response = loop {
-                    match client.do_get(Ticket::new(ticket.encode_to_vec())).await {
+                    let request = crate::telemetry::traces::request(Ticket::new(ticket.encode_to_vec()));
+                    match client.do_get(request).await {
                         Ok(r) => break r,
                         Err(status)
                             if status.code() == tonic::Code::NotFound
@@ -329,22 +356,38 @@ impl ExecutionPlan for StageReaderExec {
                         Err(status) => return Err(describe(status)),
                     }
                 };
+                let wire_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let counted = Arc::clone(&wire_bytes);
                 let mut stream = FlightRecordBatchStream::new_from_flight_data(
-                    response.into_inner().map_err(|s| FlightError::Tonic(Box::new(s))),
+                    response
+                        .into_inner()
+                        .inspect_ok(move |d| {
+                            counted.fetch_add(
+                                (d.data_header.len() + d.data_body.len()) as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        })
+                        .map_err(|s| FlightError::Tonic(Box::new(s))),
                 );
                 while let Some(item) = stream.next().await {
                     let batch = item.map_err(|e| match e {
                         FlightError::Tonic(status) => describe(*status),
                         other => DataFusionError::External(Box::new(other)),
                     })?;
+                    received.batch(
+                        waited,
+                        batch.num_rows(),
+                        wire_bytes.swap(0, std::sync::atomic::Ordering::Relaxed) as usize,
+                    );
                     let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())?;
                     if tx.send(Ok(batch)).await.is_err() {
                         // The consumer is gone; dropping the DoGet stops the producer.
                         break;
                     }
+                    waited = std::time::Instant::now();
                 }
                 Ok(())
-            });
+            }.instrument(span));
         }
         let stream = builder.build();
         Ok(Box::pin(
@@ -353,6 +396,40 @@ impl ExecutionPlan for StageReaderExec {
                 stream.inspect_ok(move |b| baseline.record_output(b.num_rows())),
             ),
         ))
+    }
+}
+
+const FLIGHT: &str = "flight";
+const LOCAL: &str = "local";
+
+/// Counts what one upstream stream delivers to a reader (the
+/// `weft_worker_exchange_received_*` metrics).
+struct Received {
+    bytes: metrics::Counter,
+    batches: metrics::Counter,
+    rows: metrics::Counter,
+    wait: metrics::Histogram,
+}
+
+impl Received {
+    fn new(transport: &'static str) -> Self {
+        use crate::telemetry::catalog::*;
+        Self {
+            bytes: metrics::counter!(EXCHANGE_RECEIVED_BYTES.name, "transport" => transport),
+            batches: metrics::counter!(EXCHANGE_RECEIVED_BATCHES.name, "transport" => transport),
+            rows: metrics::counter!(EXCHANGE_RECEIVED_ROWS.name, "transport" => transport),
+            wait: metrics::histogram!(EXCHANGE_WAIT.name, "transport" => transport),
+        }
+    }
+
+    /// A batch arrived; `waited` is when the reader started waiting for it
+    /// (after handing the previous one downstream, so backpressure from the
+    /// consumer does not count as waiting for the producer).
+    fn batch(&self, waited: std::time::Instant, rows: usize, bytes: usize) {
+        self.wait.record(waited.elapsed().as_secs_f64());
+        self.bytes.increment(bytes as u64);
+        self.batches.increment(1);
+        self.rows.increment(rows as u64);
     }
 }
 

@@ -254,6 +254,8 @@ struct EtcdRegistration {
     client: Client,
     settings: EtcdSettings,
     lease: Arc<Mutex<i64>>,
+    /// Why the keep-alive is failing, while it is.
+    trouble: Arc<Mutex<Option<String>>>,
     /// Stops the keep-alive thread (on drop or revoke).
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
@@ -295,6 +297,13 @@ impl Registration for EtcdRegistration {
                 message: e.to_string(),
             })?;
         Ok(())
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match &*self.trouble.lock() {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
+        }
     }
 }
 
@@ -338,6 +347,7 @@ fn spawn_keepalive(
     settings: EtcdSettings,
     info: WorkerInfo,
     lease: Arc<Mutex<i64>>,
+    trouble: Arc<Mutex<Option<String>>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -349,14 +359,20 @@ fn spawn_keepalive(
             runtime.block_on(async move {
                 tokio::select! {
                     _ = stop => {}
-                    _ = keepalive_loop(settings, info, lease) => {}
+                    _ = keepalive_loop(settings, info, lease, trouble) => {}
                 }
             })
         })?;
     Ok(())
 }
 
-async fn keepalive_loop(settings: EtcdSettings, info: WorkerInfo, lease: Arc<Mutex<i64>>) {
+async fn keepalive_loop(
+    settings: EtcdSettings,
+    info: WorkerInfo,
+    lease: Arc<Mutex<i64>>,
+    trouble: Arc<Mutex<Option<String>>>,
+) {
+    use crate::telemetry::catalog::{LEASE_FAILURES, LEASE_RENEWALS};
     // This runtime's own connection (a client's channel lives on the
     // runtime that created it).
     let mut backoff = Duration::from_millis(200);
@@ -381,7 +397,10 @@ async fn keepalive_loop(settings: EtcdSettings, info: WorkerInfo, lease: Arc<Mut
             loop {
                 keeper.keep_alive().await.map_err(|e| e.to_string())?;
                 match stream.message().await.map_err(|e| e.to_string())? {
-                    Some(resp) if resp.ttl() > 0 => {}
+                    Some(resp) if resp.ttl() > 0 => {
+                        metrics::counter!(LEASE_RENEWALS.name).increment(1);
+                        trouble.lock().take();
+                    }
                     _ => return Err("lease expired".to_string()),
                 }
                 tokio::time::sleep(period).await;
@@ -389,6 +408,11 @@ async fn keepalive_loop(settings: EtcdSettings, info: WorkerInfo, lease: Arc<Mut
         }
         .await;
         if let Err(e) = result {
+            metrics::counter!(LEASE_FAILURES.name).increment(1);
+            *trouble.lock() = Some(format!(
+                "the etcd lease at {} cannot be renewed ({e}); re-registering",
+                settings.display()
+            ));
             tracing::error!(
                 worker = %info.id,
                 "keeping the registration alive in etcd at {} failed: {e}; re-registering",
@@ -420,22 +444,44 @@ impl Registry for EtcdRegistry {
         let lease_id = put_with_new_lease(&mut client, &self.settings, &info).await?;
         let lease = Arc::new(Mutex::new(lease_id));
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        spawn_keepalive(self.settings.clone(), info, Arc::clone(&lease), stopped).map_err(|e| {
-            RegistryError::Operation {
-                endpoints: self.settings.display(),
-                operation: "starting the lease keep-alive thread",
-                message: e.to_string(),
-            }
+        let trouble = Arc::new(Mutex::new(None));
+        spawn_keepalive(
+            self.settings.clone(),
+            info,
+            Arc::clone(&lease),
+            Arc::clone(&trouble),
+            stopped,
+        )
+        .map_err(|e| RegistryError::Operation {
+            endpoints: self.settings.display(),
+            operation: "starting the lease keep-alive thread",
+            message: e.to_string(),
         })?;
         Ok(Box::new(EtcdRegistration {
             client,
             settings: self.settings.clone(),
             lease,
+            trouble,
             stop: Mutex::new(Some(stop)),
         }))
     }
 
     fn members(&self) -> watch::Receiver<Members> {
         self.members.subscribe()
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(Duration::from_secs(2), client.status()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "etcd at {} does not answer: {e}",
+                self.settings.display()
+            )),
+            Err(_) => Err(format!(
+                "etcd at {} did not answer within 2s",
+                self.settings.display()
+            )),
+        }
     }
 }

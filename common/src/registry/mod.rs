@@ -54,6 +54,12 @@ pub enum RegistryError {
 pub trait Registration: Send + Sync + std::fmt::Debug {
     /// Removes the worker from the membership at once (graceful shutdown).
     async fn revoke(&self) -> Result<(), RegistryError>;
+
+    /// `Err(reason)` while the registration is not kept alive (etcd
+    /// unreachable, lease lost and not yet re-registered).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Membership registry.
@@ -65,6 +71,11 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
 
     /// Latest membership; changes are pushed to the receiver.
     fn members(&self) -> watch::Receiver<Members>;
+
+    /// `Err(reason)` when the registry's backend does not answer now.
+    async fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 pub(crate) fn sorted(mut workers: Vec<WorkerInfo>) -> Members {

@@ -481,7 +481,9 @@ impl FlightSqlService for WeftFlightSql {
                 continue;
             }
             let table_schema = if include_schema {
-                provider.schema()
+                // Announce the types results are delivered in (view types
+                // leave Weft as plain strings and binaries).
+                crate::engine::delivered_schema(&provider.schema())
             } else {
                 Arc::new(Schema::empty())
             };

@@ -12,6 +12,7 @@ use arrow_flight::{
 };
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 use weft_proto::PreparedHandle;
 
 use super::{flight_info_for, WeftFlightSql};
@@ -94,6 +95,31 @@ impl WithPoll {
     }
 }
 
+/// The span of one Flight SQL request, child of the client's trace context
+/// (`traceparent`) when it sent one.
+fn rpc_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!("flight_sql", method);
+    weft_common::telemetry::traces::set_parent(&span, metadata);
+    span
+}
+
+/// Counts a request in `weft_coordinator_flight_requests_total` by method
+/// and the status its response starts with (an error in the middle of a
+/// result stream is counted with the query, not here).
+fn counted<T>(method: &'static str, result: Result<T, Status>) -> Result<T, Status> {
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    metrics::counter!(
+        weft_common::telemetry::catalog::FLIGHT_REQUESTS.name,
+        "method" => method,
+        "code" => weft_common::telemetry::code_label(code)
+    )
+    .increment(1);
+    result
+}
+
 #[tonic::async_trait]
 impl FlightService for WithPoll {
     type HandshakeStream = <WeftFlightSql as FlightService>::HandshakeStream;
@@ -108,57 +134,136 @@ impl FlightService for WithPoll {
         &self,
         r: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        FlightService::handshake(&*self.inner, r).await
+        {
+            let span = rpc_span("Handshake", r.metadata());
+            counted(
+                "Handshake",
+                FlightService::handshake(&*self.inner, r)
+                    .instrument(span)
+                    .await,
+            )
+        }
     }
     async fn list_flights(
         &self,
         r: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        FlightService::list_flights(&*self.inner, r).await
+        {
+            let span = rpc_span("ListFlights", r.metadata());
+            counted(
+                "ListFlights",
+                FlightService::list_flights(&*self.inner, r)
+                    .instrument(span)
+                    .await,
+            )
+        }
     }
     async fn get_flight_info(
         &self,
         r: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        FlightService::get_flight_info(&*self.inner, r).await
+        {
+            let span = rpc_span("GetFlightInfo", r.metadata());
+            counted(
+                "GetFlightInfo",
+                FlightService::get_flight_info(&*self.inner, r)
+                    .instrument(span)
+                    .await,
+            )
+        }
     }
     async fn poll_flight_info(
         &self,
         r: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
-        Ok(Response::new(self.poll(r.into_inner()).await?))
+        let span = rpc_span("PollFlightInfo", r.metadata());
+        counted(
+            "PollFlightInfo",
+            self.poll(r.into_inner())
+                .instrument(span)
+                .await
+                .map(Response::new),
+        )
     }
     async fn get_schema(
         &self,
         r: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        FlightService::get_schema(&*self.inner, r).await
+        {
+            let span = rpc_span("GetSchema", r.metadata());
+            counted(
+                "GetSchema",
+                FlightService::get_schema(&*self.inner, r)
+                    .instrument(span)
+                    .await,
+            )
+        }
     }
     async fn do_get(&self, r: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        FlightService::do_get(&*self.inner, r).await
+        {
+            let span = rpc_span("DoGet", r.metadata());
+            counted(
+                "DoGet",
+                FlightService::do_get(&*self.inner, r)
+                    .instrument(span)
+                    .await,
+            )
+        }
     }
     async fn do_put(
         &self,
         r: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        FlightService::do_put(&*self.inner, r).await
+        {
+            let span = rpc_span("DoPut", r.metadata());
+            counted(
+                "DoPut",
+                FlightService::do_put(&*self.inner, r)
+                    .instrument(span)
+                    .await,
+            )
+        }
     }
     async fn do_action(
         &self,
         r: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        FlightService::do_action(&*self.inner, r).await
+        {
+            let span = rpc_span("DoAction", r.metadata());
+            counted(
+                "DoAction",
+                FlightService::do_action(&*self.inner, r)
+                    .instrument(span)
+                    .await,
+            )
+        }
     }
     async fn list_actions(
         &self,
         r: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        FlightService::list_actions(&*self.inner, r).await
+        {
+            let span = rpc_span("ListActions", r.metadata());
+            counted(
+                "ListActions",
+                FlightService::list_actions(&*self.inner, r)
+                    .instrument(span)
+                    .await,
+            )
+        }
     }
     async fn do_exchange(
         &self,
         r: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        FlightService::do_exchange(&*self.inner, r).await
+        {
+            let span = rpc_span("DoExchange", r.metadata());
+            counted(
+                "DoExchange",
+                FlightService::do_exchange(&*self.inner, r)
+                    .instrument(span)
+                    .await,
+            )
+        }
     }
 }

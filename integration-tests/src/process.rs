@@ -1,0 +1,351 @@
+//! A cluster of real processes, as deployed: `weft-coordinator` and
+//! `weft-worker` binaries on their own loopback addresses (127.0.0.1 for the
+//! coordinator, 127.0.0.2, 127.0.0.3, ... for workers, standing in for
+//! hosts), registered in the test etcd (`WEFT_TEST_ETCD`). Every process is
+//! killed when the cluster is dropped; their output is kept in files and
+//! shown when a start fails.
+//!
+//! The binaries come from the same target directory as the test
+//! (`scripts/test.sh` builds them before the tests).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Path of a workspace binary built next to the running test.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| {
+        anyhow::anyhow!("cannot locate the target directory from {}", exe.display())
+    })?;
+    let path = dir.join(name);
+    if !path.exists() {
+        anyhow::bail!(
+            "{} is missing: build the binaries first (cargo build --workspace --bins; scripts/test.sh does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free TCP port on `ip` (bound and released).
+pub fn free_port(ip: &str) -> anyhow::Result<u16> {
+    Ok(TcpListener::bind(format!("{ip}:0"))?.local_addr()?.port())
+}
+
+/// One child process with its log file.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+    /// Flight address (`host:port`).
+    pub flight: SocketAddr,
+    /// `/metrics` `/healthz` `/readyz` address.
+    pub http: SocketAddr,
+}
+
+impl Node {
+    /// The last lines of the node's output.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "{} did not exit within {timeout:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`, `"STOP"`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "kill -{signal} {} failed",
+            self.child.id()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start a process cluster.
+#[derive(Debug, Clone)]
+pub struct ProcessOptions {
+    /// Catalog file text (TOML).
+    pub catalogs: String,
+    pub slots: u32,
+    /// Extra environment of every process.
+    pub env: Vec<(String, String)>,
+    /// Extra arguments of every process.
+    pub args: Vec<String>,
+}
+
+/// Coordinator and workers as separate processes.
+#[derive(Debug)]
+pub struct ProcessCluster {
+    pub coordinator: Node,
+    pub workers: Vec<Node>,
+    pub dir: tempfile::TempDir,
+    etcd: String,
+    prefix: String,
+    options: ProcessOptions,
+}
+
+impl ProcessCluster {
+    /// Starts the coordinator, then `workers` workers; returns once the
+    /// coordinator's `/readyz` answers 200 (etcd reachable, workers live).
+    pub async fn start(workers: usize, options: ProcessOptions) -> anyhow::Result<Self> {
+        let etcd = std::env::var(crate::TEST_ETCD_ENV).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not set: run the tests with scripts/test.sh",
+                crate::TEST_ETCD_ENV
+            )
+        })?;
+        let dir = tempfile::Builder::new().prefix("weft-procs-").tempdir()?;
+        std::fs::write(dir.path().join("catalogs.toml"), &options.catalogs)?;
+        let prefix = format!("/weft-test/{}/workers/", uuid::Uuid::new_v4().simple());
+        let coordinator = start_coordinator(dir.path(), &etcd, &prefix, &options)?;
+        let mut cluster = Self {
+            coordinator,
+            workers: Vec::new(),
+            dir,
+            etcd,
+            prefix,
+            options,
+        };
+        cluster.wait_http(&cluster.coordinator, "/healthz").await?;
+        for _ in 0..workers {
+            cluster.add_worker().await?;
+        }
+        if workers > 0 {
+            cluster.wait_ready(&cluster.coordinator).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one more worker on the next loopback address; waits until its
+    /// `/readyz` answers 200.
+    pub async fn add_worker(&mut self) -> anyhow::Result<usize> {
+        let i = self.workers.len();
+        let ip = format!("127.0.0.{}", i + 2);
+        let flight: SocketAddr = format!("{ip}:{}", free_port(&ip)?).parse()?;
+        let http: SocketAddr = format!("{ip}:{}", free_port(&ip)?).parse()?;
+        let name = format!("worker{i}");
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut cmd = Command::new(binary("weft-worker")?);
+        cmd.arg("--listen")
+            .arg(flight.to_string())
+            .arg("--http-listen")
+            .arg(http.to_string())
+            .arg("--etcd")
+            .arg(&self.etcd)
+            .arg("--etcd-prefix")
+            .arg(&self.prefix)
+            .arg("--catalogs")
+            .arg(self.dir.path().join("catalogs.toml"))
+            .arg("--slots")
+            .arg(self.options.slots.to_string())
+            .arg("--lease-ttl")
+            .arg("3")
+            .args(&self.options.args);
+        let node = spawn(cmd, &self.options.env, name, log, flight, http)?;
+        self.workers.push(node);
+        let node = &self.workers[i];
+        self.wait_ready(node).await?;
+        Ok(i)
+    }
+
+    /// `grpc`-style URL of the coordinator for Flight SQL clients (`http://`).
+    pub fn flight_url(&self) -> String {
+        format!("http://{}", self.coordinator.flight)
+    }
+
+    async fn wait_http(&self, node: &Node, path: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match http_get(node.http, path).await {
+                Ok((200, _)) => return Ok(()),
+                Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {}
+                Ok((status, body)) => anyhow::bail!(
+                    "{} answered {status} on {path}: {body}\n--- {} log ---\n{}",
+                    node.name,
+                    node.name,
+                    node.log_tail()
+                ),
+                Err(e) => anyhow::bail!(
+                    "{} does not answer on {path}: {e}\n--- {} log ---\n{}",
+                    node.name,
+                    node.name,
+                    node.log_tail()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `node`'s `/readyz` answers 200.
+    pub async fn wait_ready(&self, node: &Node) -> anyhow::Result<()> {
+        self.wait_http(node, "/readyz").await
+    }
+}
+
+fn start_coordinator(
+    dir: &Path,
+    etcd: &str,
+    prefix: &str,
+    options: &ProcessOptions,
+) -> anyhow::Result<Node> {
+    let flight: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
+    let mut cmd = Command::new(binary("weft-coordinator")?);
+    cmd.arg("--listen")
+        .arg(flight.to_string())
+        .arg("--http-listen")
+        .arg(http.to_string())
+        .arg("--etcd")
+        .arg(etcd)
+        .arg("--etcd-prefix")
+        .arg(prefix)
+        .arg("--catalogs")
+        .arg(dir.join("catalogs.toml"))
+        .args(&options.args);
+    spawn(
+        cmd,
+        &options.env,
+        "coordinator".into(),
+        dir.join("coordinator.log"),
+        flight,
+        http,
+    )
+}
+
+fn spawn(
+    mut cmd: Command,
+    env: &[(String, String)],
+    name: String,
+    log: PathBuf,
+    flight: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<Node> {
+    let out = std::fs::File::create(&log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {name} ({cmd:?}): {e}"))?;
+    Ok(Node {
+        name,
+        child,
+        log,
+        flight,
+        http,
+    })
+}
+
+/// A plain HTTP/1.1 GET (no client library needed); returns status and body.
+pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<(u16, String)> {
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(30), io)
+        .await
+        .map_err(|_| anyhow::anyhow!("GET http://{addr}{path_and_query} timed out"))??;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP answer from {addr}"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let body = &raw[split + 4..];
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in the answer from {addr}: {head}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    Ok((status, String::from_utf8_lossy(&body).to_string()))
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..eol]);
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        let rest = &body[eol + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// Percent-encodes a query-string value.
+pub fn url_encode(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
