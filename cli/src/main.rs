@@ -1,5 +1,8 @@
 //! `weft`: run an embedded cluster (`weft local`) or send SQL (`weft sql`).
 
+mod progress;
+mod shell;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,7 +54,8 @@ enum Cmd {
         #[arg(long, env = "WEFT_HTTP_LISTEN")]
         http_listen: Option<String>,
     },
-    /// Run SQL against a coordinator and print the results.
+    /// Run SQL against a coordinator and print the results. Without -e or
+    /// -f: an interactive shell on a terminal, else the statements on stdin.
     Sql {
         /// Coordinator Flight SQL URL.
         #[arg(
@@ -69,11 +73,15 @@ enum Cmd {
         /// Output format.
         #[arg(long, env = "WEFT_FORMAT", value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Live progress line on stderr while a statement runs (auto: when
+        /// stderr is a terminal). Never written to stdout.
+        #[arg(long, env = "WEFT_PROGRESS", value_enum, default_value_t = progress::ProgressMode::Auto)]
+        progress: progress::ProgressMode,
     },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Table,
     Csv,
     Json,
@@ -112,7 +120,8 @@ async fn main() {
             execute,
             file,
             format,
-        } => sql(&coordinator, execute, file, format).await,
+            progress,
+        } => sql(&coordinator, execute, file, format, progress).await,
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -206,7 +215,7 @@ async fn local(
 }
 
 /// Splits a script into statements.
-fn statements(text: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) fn statements(text: &str) -> anyhow::Result<Vec<String>> {
     let parsed =
         datafusion::sql::parser::DFParser::parse_sql(text).context("cannot parse the SQL")?;
     Ok(parsed.into_iter().map(|s| s.to_string()).collect())
@@ -217,39 +226,87 @@ async fn sql(
     execute: Option<String>,
     file: Option<PathBuf>,
     format: Format,
+    progress: progress::ProgressMode,
 ) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Read};
     let text = match (execute, file) {
-        (Some(e), _) => e,
-        (None, Some(f)) => {
-            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?
+        (Some(e), _) => Some(e),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+        ),
+        (None, None) if std::io::stdin().is_terminal() => None,
+        (None, None) => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read SQL from standard input")?;
+            Some(text)
         }
-        (None, None) => anyhow::bail!("give the SQL with -e \"...\" or -f FILE"),
     };
-    let url = coordinator.replacen("grpc://", "http://", 1);
-    let channel = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("invalid coordinator URL {coordinator}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the coordinator at {coordinator}"))?;
-    let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
-        .max_decoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE);
-    let mut client = FlightSqlServiceClient::new_from_inner(inner);
-    for statement in statements(&text)? {
-        let batches = run(&mut client, &statement).await?;
-        print_batches(&batches, format)?;
+    let mut session = Session::connect(coordinator, progress.enabled()).await?;
+    match text {
+        Some(text) => {
+            for statement in statements(&text)? {
+                let batches = session.run(&statement).await?;
+                print_batches(&batches, format)?;
+            }
+            Ok(())
+        }
+        None => shell::run(&mut session, format).await,
     }
-    Ok(())
 }
 
-async fn run(
+/// A connection to a coordinator that runs statements.
+pub(crate) struct Session {
+    client: FlightSqlServiceClient<tonic::transport::Channel>,
+    /// For the progress line's `weft.query_progress` calls.
+    flight: arrow_flight::flight_service_client::FlightServiceClient<tonic::transport::Channel>,
+    progress: bool,
+}
+
+impl Session {
+    async fn connect(coordinator: &str, progress: bool) -> anyhow::Result<Self> {
+        let url = coordinator.replacen("grpc://", "http://", 1);
+        let channel = Endpoint::from_shared(url.clone())
+            .with_context(|| format!("invalid coordinator URL {coordinator}"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to the coordinator at {coordinator}"))?;
+        let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+            .max_decoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE);
+        Ok(Self {
+            client: FlightSqlServiceClient::new_from_inner(inner.clone()),
+            flight: inner,
+            progress,
+        })
+    }
+
+    /// Runs one statement and reads all of its results; the progress line
+    /// (if on) is drawn meanwhile and cleared before this returns.
+    pub(crate) async fn run(&mut self, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
+        let line = progress::ProgressLine::start(self.progress, self.flight.clone());
+        let info = self
+            .client
+            .execute(sql.to_string(), None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
+        if let Some(id) = weft_coordinator::flight_sql::query_ids_of(&info)
+            .into_iter()
+            .next()
+        {
+            line.follow(id);
+        }
+        let batches = read_results(&mut self.client, &info).await;
+        drop(line);
+        batches
+    }
+}
+
+async fn read_results(
     client: &mut FlightSqlServiceClient<tonic::transport::Channel>,
-    sql: &str,
+    info: &arrow_flight::FlightInfo,
 ) -> anyhow::Result<Vec<RecordBatch>> {
-    let info = client
-        .execute(sql.to_string(), None)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
     let mut batches = Vec::new();
     for endpoint in info.endpoint.clone() {
         let Some(ticket) = endpoint.ticket else {
@@ -282,7 +339,7 @@ async fn run(
         batches.append(&mut part);
     }
     if batches.is_empty() {
-        if let Ok(schema) = info_schema(&info) {
+        if let Ok(schema) = info_schema(info) {
             batches.push(RecordBatch::new_empty(schema));
         }
     }
@@ -301,7 +358,7 @@ fn flight_message(e: arrow_flight::error::FlightError) -> String {
     }
 }
 
-fn print_batches(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
+pub(crate) fn print_batches(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
     // Statements without a result (CREATE VIEW, ...) print nothing.
     if batches.iter().all(|b| b.num_columns() == 0) {
         return Ok(());

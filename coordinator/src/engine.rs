@@ -144,10 +144,64 @@ impl Engine {
     > {
         let slots = total_slots(&self.members.borrow()).max(1);
         let ctx = self.session_for(slots);
-        let df = ctx.sql(sql).await?;
+        let logical = ctx.state().create_logical_plan(sql).await?;
+        if let datafusion::logical_expr::LogicalPlan::Explain(explain) = &logical {
+            let plan = self.explain(&ctx, explain).await?;
+            return Ok((ctx, plan));
+        }
+        let df = ctx.execute_logical_plan(logical).await?;
         let plan = df.create_physical_plan().await?;
         let plan = crate::planner::balance::balance_parquet_scans(plan, &ctx.runtime_env()).await?;
         Ok((ctx, plan))
+    }
+
+    /// `EXPLAIN`: DataFusion's logical and physical plans, and the
+    /// distributed plan ([`crate::planner::explain`]): the stages the query
+    /// would be cut into on the current workers. Returned as an in-memory
+    /// scan, so it is delivered like any result.
+    async fn explain(
+        &self,
+        ctx: &SessionContext,
+        explain: &datafusion::logical_expr::Explain,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, DataFusionError> {
+        use arrow::array::StringArray;
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::physical_plan::displayable;
+        let state = ctx.state();
+        let logical = state.optimize(&explain.plan)?;
+        let physical = state.create_physical_plan(&explain.plan).await?;
+        let physical =
+            crate::planner::balance::balance_parquet_scans(physical, &ctx.runtime_env()).await?;
+        let physical = plain_string_output(physical)?;
+        let workers = self.members.borrow().clone();
+        let max_tasks = self
+            .settings
+            .max_tasks_per_stage
+            .unwrap_or_else(|| total_slots(&workers))
+            .max(1);
+        let graph = cut_stages(Arc::clone(&physical), "explain", max_tasks, &self.clients)?;
+        let placement = scheduler::place(&graph, &workers)
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let rows = [
+            ("logical_plan", logical.display_indent().to_string()),
+            (
+                "physical_plan",
+                displayable(physical.as_ref()).indent(true).to_string(),
+            ),
+            (
+                "distributed_plan",
+                crate::planner::explain::render(&graph, &placement),
+            ),
+        ];
+        let schema = Arc::new(explain.schema.as_arrow().clone());
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
+            ],
+        )?;
+        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
     }
 
     /// The schema `sql` will return, without running anything: DDL such as

@@ -18,18 +18,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Path of a workspace binary built next to the running test.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).ok_or_else(|| {
+    // A test runs from target/<profile>/deps/, a bench binary from
+    // target/<profile>/: the binaries sit in target/<profile>/.
+    let here = exe.parent().ok_or_else(|| {
         anyhow::anyhow!("cannot locate the target directory from {}", exe.display())
     })?;
-    let path = dir.join(name);
-    if !path.exists() {
-        anyhow::bail!(
-            "{} is missing: build the binaries first (cargo build --workspace --bins; scripts/test.sh does)",
-            path.display()
-        );
-    }
-    Ok(path)
+    let candidates = [Some(here.join(name)), here.parent().map(|p| p.join(name))];
+    candidates
+        .iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{name} is missing next to {}: build the binaries first (cargo build --workspace --bins; scripts/test.sh does)",
+                exe.display()
+            )
+        })
 }
 
 /// A free TCP port on `ip` (bound and released).

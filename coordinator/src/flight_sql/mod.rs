@@ -217,6 +217,29 @@ fn direct_flight_info(
     Ok(info)
 }
 
+/// `DoAction` type answering a query's progress (body: the query id) as
+/// JSON: `state`, `elapsed_ms`, `stages_total`, `stages_done`,
+/// `tasks_total`, `tasks_running`, `tasks_done`, `rows`, `bytes` (rows and
+/// bytes produced by all tasks so far). `weft sql` draws its progress line
+/// from it.
+pub const QUERY_PROGRESS_ACTION: &str = "weft.query_progress";
+
+fn progress_json(query: &Query, progress: &crate::queries::QueryProgress) -> Vec<u8> {
+    let stages = &progress.stages;
+    let value = serde_json::json!({
+        "state": progress.state,
+        "elapsed_ms": query.elapsed().as_millis() as u64,
+        "stages_total": stages.len(),
+        "stages_done": stages.iter().filter(|s| s.tasks_total > 0 && s.tasks_done >= s.tasks_total).count(),
+        "tasks_total": stages.iter().map(|s| s.tasks_total).sum::<usize>(),
+        "tasks_running": stages.iter().map(|s| s.tasks_running).sum::<usize>(),
+        "tasks_done": stages.iter().map(|s| s.tasks_done).sum::<usize>(),
+        "rows": stages.iter().map(|s| s.rows_out).sum::<u64>(),
+        "bytes": stages.iter().map(|s| s.bytes_out).sum::<u64>(),
+    });
+    value.to_string().into_bytes()
+}
+
 /// Query ids named by the tickets of a FlightInfo.
 pub fn query_ids_of(info: &FlightInfo) -> Vec<String> {
     let mut ids: Vec<String> = info
@@ -570,6 +593,20 @@ impl FlightSqlService for WeftFlightSql {
         Status,
     > {
         let action = request.into_inner();
+        if action.r#type == QUERY_PROGRESS_ACTION {
+            let id = std::str::from_utf8(&action.body).map_err(|_| {
+                Status::invalid_argument("weft.query_progress: the body must be a query id (UTF-8)")
+            })?;
+            let query =
+                self.engine.queries.get(id).ok_or_else(|| {
+                    Status::not_found(format!("query {id} is unknown or expired"))
+                })?;
+            let progress = query.progress(&self.engine.clients).await;
+            let body = progress_json(&query, &progress);
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+                arrow_flight::Result { body: body.into() },
+            )]))));
+        }
         if action.r#type == "CancelFlightInfo" {
             let req = CancelFlightInfoRequest::decode(action.body).map_err(|e| {
                 Status::invalid_argument(format!("malformed CancelFlightInfoRequest: {e}"))
@@ -592,7 +629,7 @@ impl FlightSqlService for WeftFlightSql {
             )]))));
         }
         Err(Status::invalid_argument(format!(
-            "unknown action \"{}\" (Weft serves the Flight SQL actions and CancelFlightInfo)",
+            "unknown action \"{}\" (Weft serves the Flight SQL actions, CancelFlightInfo and {QUERY_PROGRESS_ACTION})",
             action.r#type
         )))
     }

@@ -2,5 +2,6 @@
 
 pub mod balance;
 pub mod broadcast;
+pub mod explain;
 pub mod local_leaves;
 pub mod stages;

@@ -1,0 +1,120 @@
+//! `EXPLAIN` of the distributed plan: the stages a query is cut into, how
+//! many tasks each gets and on which workers, what each reads from which
+//! stage and how (shuffle, gather, broadcast; in process when the upstream
+//! task runs on the reader's worker), and each stage's fragment, where a
+//! remote scan shows the SQL its source runs.
+//!
+//! ```text
+//! 3 stages, 9 tasks on 2 workers
+//!
+//! Stage 2 (final, 1 task): reads stage 1 by gather (4 streams, 2 in process)
+//!   task 0 on worker-a
+//!   SortPreservingMergeExec: ...
+//!     StageReaderExec: stage=1, mode=gather, ...
+//! Stage 1 (gather, 4 tasks): reads stage 0 by shuffle (16 streams, 8 in process)
+//!   ...
+//! ```
+
+use std::fmt::Write;
+
+use datafusion::physical_plan::displayable;
+use weft_common::exchange::ReaderMode;
+use weft_common::registry::WorkerInfo;
+
+use super::stages::{collect_readers, StageGraph, StageKind};
+
+/// Renders `graph`, placed as `placement` (worker of every task of every
+/// stage), final stage first.
+pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>]) -> String {
+    let tasks: usize = graph.stages.iter().map(|s| s.tasks).sum();
+    let workers: std::collections::BTreeSet<&str> = placement
+        .iter()
+        .flatten()
+        .map(|w| w.id.as_str())
+        .collect();
+    let mut out = format!(
+        "{} stage{}, {tasks} task{} on {} worker{}\n",
+        graph.stages.len(),
+        plural(graph.stages.len()),
+        plural(tasks),
+        workers.len(),
+        plural(workers.len())
+    );
+    for stage in graph.stages.iter().rev() {
+        let kind = match stage.kind {
+            StageKind::Shuffle => format!(
+                "shuffle into {} buckets",
+                stage.root.properties().output_partitioning().partition_count()
+            ),
+            StageKind::Gather if stage.replay => "broadcast".to_string(),
+            StageKind::Gather => "gather".to_string(),
+            StageKind::Final => "final".to_string(),
+        };
+        let _ = write!(
+            out,
+            "\nStage {} ({kind}, {} task{}",
+            stage.id,
+            stage.tasks,
+            plural(stage.tasks)
+        );
+        if stage.split_partitions > stage.tasks {
+            let _ = write!(out, ", {} partitions", stage.split_partitions);
+        }
+        out.push(')');
+        let mut readers = Vec::new();
+        collect_readers(&stage.root, &mut readers);
+        readers.dedup();
+        let here = &placement[stage.id as usize];
+        let reads: Vec<String> = readers
+            .iter()
+            .map(|(upstream, mode)| {
+                let up = &graph.stages[*upstream as usize];
+                let there = &placement[up.id as usize];
+                let how = match mode {
+                    ReaderMode::Shuffle => "shuffle",
+                    ReaderMode::Gather if up.replay => "broadcast",
+                    ReaderMode::Gather => "gather",
+                };
+                // Every task of this stage reads every upstream task.
+                let streams = here.len() * there.len();
+                let local = here
+                    .iter()
+                    .map(|w| there.iter().filter(|u| u.id == w.id).count())
+                    .sum::<usize>();
+                format!(
+                    "stage {upstream} by {how} ({streams} stream{}, {local} in process)",
+                    plural(streams)
+                )
+            })
+            .collect();
+        if !reads.is_empty() {
+            let _ = write!(out, ": reads {}", reads.join(", "));
+        }
+        out.push('\n');
+        let mut by_worker: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (t, w) in here.iter().enumerate() {
+            by_worker.entry(w.id.as_str()).or_default().push(t);
+        }
+        for (worker, tasks) in by_worker {
+            let list: Vec<String> = tasks.iter().map(usize::to_string).collect();
+            let _ = writeln!(
+                out,
+                "  task{} {} on {worker}",
+                plural(tasks.len()),
+                list.join(", ")
+            );
+        }
+        for line in displayable(stage.root.as_ref()).indent(true).to_string().lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
