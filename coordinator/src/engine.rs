@@ -180,8 +180,8 @@ impl Engine {
             .unwrap_or_else(|| total_slots(&workers))
             .max(1);
         let graph = cut_stages(Arc::clone(&physical), "explain", max_tasks, &self.clients)?;
-        let placement = scheduler::place(&graph, &workers)
-            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let placement =
+            scheduler::place(&graph, &workers).map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let rows = [
             ("logical_plan", logical.display_indent().to_string()),
             (
@@ -198,10 +198,16 @@ impl Engine {
             Arc::clone(&schema),
             vec![
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.1.as_str()),
+                )),
             ],
         )?;
-        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema,
+            None,
+        )?)
     }
 
     /// The schema `sql` will return, without running anything: DDL such as

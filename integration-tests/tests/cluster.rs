@@ -667,3 +667,84 @@ fn cancel_action(info: arrow_flight::FlightInfo) -> Action {
         body: CancelFlightInfoRequest::new(info).encode_to_vec().into(),
     }
 }
+
+/// 1. Start 2 workers (2 slots each).
+/// 2. EXPLAIN a join with a grouped aggregate: DataFusion's logical and
+///    physical plans and the distributed plan come back as rows.
+/// 3. The distributed plan names every stage with its tasks and workers and
+///    how it reads the stages below; its stage count and task total equal
+///    what the query then launches (system.runtime.stages of that query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn explain_shows_the_distributed_plan() {
+    let cluster = TestCluster::start(2, options()).await.expect("cluster");
+    let sql = "SELECT o_orderpriority, count(*) AS n FROM orders JOIN lineitem ON o_orderkey = l_orderkey \
+               WHERE l_quantity > 30 GROUP BY o_orderpriority ORDER BY o_orderpriority";
+    let batches = cluster
+        .query(&format!("EXPLAIN {sql}"))
+        .await
+        .expect("explain");
+    let kinds = strings(&batches, 0);
+    assert_eq!(
+        kinds,
+        vec!["logical_plan", "physical_plan", "distributed_plan"]
+    );
+    let plan = strings(&batches, 1)[2].clone();
+    let header = plan.lines().next().expect("header");
+    let stages: usize = header
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("stage count");
+    assert!(
+        stages >= 3,
+        "a join with an aggregate cuts into several stages:\n{plan}"
+    );
+    for s in 0..stages {
+        assert!(
+            plan.contains(&format!("\nStage {s} (")),
+            "stage {s} missing:\n{plan}"
+        );
+    }
+    assert!(plan.contains("(final, "), "{plan}");
+    assert!(
+        plan.contains(" by shuffle (") || plan.contains(" by broadcast ("),
+        "{plan}"
+    );
+    assert!(plan.contains(" in process)"), "{plan}");
+    for w in cluster.live_workers() {
+        assert!(
+            plan.contains(&format!(" on {}", w.id())),
+            "worker {} unused:\n{plan}",
+            w.id()
+        );
+    }
+    assert!(
+        plan.contains("StageReaderExec"),
+        "fragments are shown:\n{plan}"
+    );
+    let tasks: usize = header
+        .split(", ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("task count");
+
+    // What EXPLAIN promised is what runs.
+    let mut client = cluster.client().await.expect("client");
+    let info = client.execute(sql.to_string(), None).await.expect("run");
+    let query_id = weft_coordinator::flight_sql::query_ids_of(&info)[0].clone();
+    read_all(&mut client, &info).await.expect("read");
+    let launched = run_sql(
+        &mut client,
+        &format!("SELECT tasks_total FROM system.runtime.stages WHERE query_id = '{query_id}'"),
+    )
+    .await
+    .expect("stages of the query");
+    let per_stage = u64s(&launched, 0);
+    assert_eq!(
+        (per_stage.len(), per_stage.iter().sum::<u64>() as usize),
+        (stages, tasks),
+        "EXPLAIN said:\n{plan}"
+    );
+}

@@ -27,11 +27,8 @@ use super::stages::{collect_readers, StageGraph, StageKind};
 /// stage), final stage first.
 pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>]) -> String {
     let tasks: usize = graph.stages.iter().map(|s| s.tasks).sum();
-    let workers: std::collections::BTreeSet<&str> = placement
-        .iter()
-        .flatten()
-        .map(|w| w.id.as_str())
-        .collect();
+    let workers: std::collections::BTreeSet<&str> =
+        placement.iter().flatten().map(|w| w.id.as_str()).collect();
     let mut out = format!(
         "{} stage{}, {tasks} task{} on {} worker{}\n",
         graph.stages.len(),
@@ -44,7 +41,11 @@ pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>]) -> String {
         let kind = match stage.kind {
             StageKind::Shuffle => format!(
                 "shuffle into {} buckets",
-                stage.root.properties().output_partitioning().partition_count()
+                stage
+                    .root
+                    .properties()
+                    .output_partitioning()
+                    .partition_count()
             ),
             StageKind::Gather if stage.replay => "broadcast".to_string(),
             StageKind::Gather => "gather".to_string(),
@@ -104,7 +105,11 @@ pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>]) -> String {
                 list.join(", ")
             );
         }
-        for line in displayable(stage.root.as_ref()).indent(true).to_string().lines() {
+        for line in displayable(stage.root.as_ref())
+            .indent(true)
+            .to_string()
+            .lines()
+        {
             let _ = writeln!(out, "  {line}");
         }
     }
