@@ -5,12 +5,15 @@
 //! ```text
 //! cargo run --profile bench-release -p weft-benches -- tpch --scale 1
 //! cargo run --profile bench-release -p weft-benches -- latency
+//! cargo build --profile bench-release --workspace --bins && \
+//!   target/bench-release/weft-bench telemetry --scale 1   # metrics + traces vs off
 //! scripts/bench-postgres.sh pgscan     # PostgreSQL scan throughput
 //! scripts/bench-postgres.sh fedjoin    # cross-database joins vs postgres_fdw
 //! ```
 
 mod fedjoin;
 mod pgscan;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -83,6 +86,20 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         queries: Vec<usize>,
     },
+    /// Overhead of metrics (scraped) plus trace export against both off:
+    /// two clusters of separate processes, TPC-H, same run.
+    Telemetry {
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
+    },
     /// Round trip of `SELECT 1` through Flight SQL.
     Latency {
         #[arg(long, default_value_t = 500)]
@@ -120,6 +137,13 @@ async fn main() -> anyhow::Result<()> {
             queries,
         } => tpch(scale, data, workers, iterations, queries).await,
         Cmd::Latency { iterations } => latency(iterations).await,
+        Cmd::Telemetry {
+            scale,
+            data,
+            workers,
+            iterations,
+            queries,
+        } => telemetry::telemetry(scale, data, workers, iterations, queries).await,
         Cmd::Pgscan {
             pg_url,
             scale,
@@ -152,6 +176,18 @@ where
     Ok(best)
 }
 
+/// The TPC-H directory: `data`, or one per scale under the temp dir,
+/// generated on first use.
+pub(crate) fn tpch_data(scale: f64, data: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir =
+        data.unwrap_or_else(|| std::env::temp_dir().join(format!("weft-bench-tpch-sf{scale}")));
+    if !dir.join("lineitem").exists() {
+        eprintln!("generating TPC-H SF{scale} in {}", dir.display());
+        generate_tpch(&dir, scale, cpus())?;
+    }
+    Ok(dir)
+}
+
 async fn tpch(
     scale: f64,
     data: Option<PathBuf>,
@@ -159,12 +195,7 @@ async fn tpch(
     iterations: usize,
     queries: Vec<usize>,
 ) -> anyhow::Result<()> {
-    let dir =
-        data.unwrap_or_else(|| std::env::temp_dir().join(format!("weft-bench-tpch-sf{scale}")));
-    if !dir.join("lineitem").exists() {
-        eprintln!("generating TPC-H SF{scale} in {}", dir.display());
-        generate_tpch(&dir, scale, cpus())?;
-    }
+    let dir = tpch_data(scale, data)?;
     let queries: Vec<usize> = if queries.is_empty() {
         (1..=22).collect()
     } else {

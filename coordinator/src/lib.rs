@@ -175,11 +175,15 @@ impl Coordinator {
         );
         let watcher = tokio::spawn(watch_membership(Arc::clone(&engine), members));
         tracing::info!(%addr, "coordinator serving Flight SQL");
-        weft_common::telemetry::register_role(Role::Coordinator);
+        // Metrics are recorded only where they are served: without an HTTP
+        // endpoint no recorder is installed and recording costs nothing.
         let gauges: Arc<dyn GaugeSource> = Arc::new(CoordinatorGauges {
             engine: Arc::downgrade(&engine),
         });
-        weft_common::telemetry::add_gauge_source(&gauges);
+        if config.http_listen.is_some() {
+            weft_common::telemetry::register_role(Role::Coordinator);
+            weft_common::telemetry::add_gauge_source(&gauges);
+        }
         let http = match config.http_listen {
             Some(listen) => {
                 let readiness = Arc::new(CoordinatorReadiness {

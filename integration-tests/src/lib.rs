@@ -11,6 +11,7 @@
 //! ```
 
 pub mod mysql;
+pub mod otlp;
 pub mod pg;
 pub mod process;
 pub mod prometheus;

@@ -115,6 +115,12 @@ pub struct ProcessOptions {
     pub env: Vec<(String, String)>,
     /// Extra arguments of every process.
     pub args: Vec<String>,
+    /// etcd endpoint; `None` = the test etcd (`WEFT_TEST_ETCD`).
+    pub etcd: Option<String>,
+    /// Serve `/metrics` `/healthz` `/readyz` (`--http-listen`); without it
+    /// (`--http-listen none`: no metrics recorded) readiness is read from
+    /// the nodes' start-up lines and the coordinator's worker list.
+    pub http: bool,
 }
 
 /// Coordinator and workers as separate processes.
@@ -132,12 +138,15 @@ impl ProcessCluster {
     /// Starts the coordinator, then `workers` workers; returns once the
     /// coordinator's `/readyz` answers 200 (etcd reachable, workers live).
     pub async fn start(workers: usize, options: ProcessOptions) -> anyhow::Result<Self> {
-        let etcd = std::env::var(crate::TEST_ETCD_ENV).map_err(|_| {
-            anyhow::anyhow!(
-                "{} is not set: run the tests with scripts/test.sh",
-                crate::TEST_ETCD_ENV
-            )
-        })?;
+        let etcd = match &options.etcd {
+            Some(e) => e.clone(),
+            None => std::env::var(crate::TEST_ETCD_ENV).map_err(|_| {
+                anyhow::anyhow!(
+                    "{} is not set: run the tests with scripts/test.sh",
+                    crate::TEST_ETCD_ENV
+                )
+            })?,
+        };
         let dir = tempfile::Builder::new().prefix("weft-procs-").tempdir()?;
         std::fs::write(dir.path().join("catalogs.toml"), &options.catalogs)?;
         let prefix = format!("/weft-test/{}/workers/", uuid::Uuid::new_v4().simple());
@@ -173,7 +182,7 @@ impl ProcessCluster {
         cmd.arg("--listen")
             .arg(flight.to_string())
             .arg("--http-listen")
-            .arg(http.to_string())
+            .arg(http_flag(&self.options, http))
             .arg("--etcd")
             .arg(&self.etcd)
             .arg("--etcd-prefix")
@@ -199,6 +208,9 @@ impl ProcessCluster {
 
     async fn wait_http(&self, node: &Node, path: &str) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        if !self.options.http {
+            return self.wait_started(node, path, deadline).await;
+        }
         loop {
             match http_get(node.http, path).await {
                 Ok((200, _)) => return Ok(()),
@@ -215,6 +227,42 @@ impl ProcessCluster {
                     node.name,
                     node.log_tail()
                 ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Without HTTP: a node has started when it printed its serving line;
+    /// the coordinator is ready when it lists every worker.
+    async fn wait_started(
+        &self,
+        node: &Node,
+        path: &str,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
+        loop {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let started = log.contains("serving Flight");
+            let ready = if started && path == "/readyz" && node.name == "coordinator" {
+                let sql = "SELECT count(*) AS n FROM system.runtime.workers";
+                match crate::connect(&self.flight_url()).await {
+                    Ok(mut c) => {
+                        crate::run_sql(&mut c, sql)
+                            .await
+                            .ok()
+                            .and_then(|b| crate::canonical_rows(&b).first().cloned())
+                            == Some(self.workers.len().to_string())
+                    }
+                    Err(_) => false,
+                }
+            } else {
+                started
+            };
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("{} did not start:\n{}", node.name, node.log_tail());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -238,7 +286,7 @@ fn start_coordinator(
     cmd.arg("--listen")
         .arg(flight.to_string())
         .arg("--http-listen")
-        .arg(http.to_string())
+        .arg(http_flag(options, http))
         .arg("--etcd")
         .arg(etcd)
         .arg("--etcd-prefix")
@@ -254,6 +302,14 @@ fn start_coordinator(
         flight,
         http,
     )
+}
+
+fn http_flag(options: &ProcessOptions, http: SocketAddr) -> String {
+    if options.http {
+        http.to_string()
+    } else {
+        "none".to_string()
+    }
 }
 
 fn spawn(
@@ -285,6 +341,58 @@ fn spawn(
         flight,
         http,
     })
+}
+
+/// A private etcd (the `etcd` binary on PATH) on free 127.0.0.1 ports with
+/// its data in a temporary directory; killed when dropped.
+#[derive(Debug)]
+pub struct Etcd {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
+        let (client, peer) = (free_port("127.0.0.1")?, free_port("127.0.0.1")?);
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "weft"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("weft={peer_url}")])
+            .args(["--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start etcd ({e}): apt-get install etcd-server"))?;
+        let etcd = Self {
+            child,
+            endpoint,
+            _dir: dir,
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{client}").parse()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get(addr, "/health").await, Ok((200, _))) {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "etcd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A plain HTTP/1.1 GET (no client library needed); returns status and body.

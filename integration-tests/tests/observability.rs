@@ -182,6 +182,8 @@ async fn scenario() {
             slots: 2,
             env: Vec::new(),
             args: Vec::new(),
+            etcd: None,
+            http: true,
         },
     )
     .await

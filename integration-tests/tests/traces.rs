@@ -14,89 +14,12 @@
 //!    spans carry `query_id`, `stage`, `task`, `worker`; resources name
 //!    `service.name` and `service.instance.id`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use parking_lot::Mutex;
+use weft_integration_tests::otlp::{OtlpReceiver, Received};
 use weft_integration_tests::process::{ProcessCluster, ProcessOptions};
 use weft_integration_tests::{canonical_rows, connect, read_all, tpch_dir};
-
-/// A received span: service, instance, name, ids, attributes.
-#[derive(Debug, Clone)]
-struct Received {
-    service: String,
-    instance: String,
-    name: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent: Vec<u8>,
-    attributes: HashMap<String, String>,
-}
-
-#[derive(Default)]
-struct Receiver {
-    spans: Mutex<Vec<Received>>,
-}
-
-fn text(attrs: &[KeyValue]) -> HashMap<String, String> {
-    attrs
-        .iter()
-        .map(|kv| {
-            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(Value::StringValue(s)) => s.clone(),
-                Some(Value::IntValue(i)) => i.to_string(),
-                Some(Value::BoolValue(b)) => b.to_string(),
-                Some(Value::DoubleValue(d)) => d.to_string(),
-                other => format!("{other:?}"),
-            };
-            (kv.key.clone(), v)
-        })
-        .collect()
-}
-
-/// The receiver as a gRPC service (shares its span list with the test).
-struct Collector(Arc<Receiver>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.0.spans.lock();
-        for rs in request.into_inner().resource_spans {
-            let resource = text(&rs.resource.map(|r| r.attributes).unwrap_or_default());
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    spans.push(Received {
-                        service: resource.get("service.name").cloned().unwrap_or_default(),
-                        instance: resource
-                            .get("service.instance.id")
-                            .cloned()
-                            .unwrap_or_default(),
-                        name: s.name.clone(),
-                        trace_id: s.trace_id.clone(),
-                        span_id: s.span_id.clone(),
-                        parent: s.parent_span_id.clone(),
-                        attributes: text(&s.attributes),
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -111,16 +34,7 @@ async fn a_querys_spans_from_every_process_form_one_trace() {
 
 async fn scenario() {
     // 1. The receiver.
-    let receiver = Arc::new(Receiver::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let otlp = listener.local_addr().expect("addr");
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(Arc::clone(&receiver))))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let receiver = OtlpReceiver::start().await.expect("OTLP receiver");
 
     // 2. The cluster, exporting only when flushed.
     let dir = tpch_dir(0.01, 2);
@@ -133,8 +47,14 @@ async fn scenario() {
         ProcessOptions {
             catalogs,
             slots: 2,
-            env: vec![("OTEL_BSP_SCHEDULE_DELAY".into(), "60000".into())],
-            args: vec!["--otlp-endpoint".into(), format!("http://{otlp}")],
+            // Log lines filtered to warnings: spans are exported regardless.
+            env: vec![
+                ("OTEL_BSP_SCHEDULE_DELAY".into(), "60000".into()),
+                ("RUST_LOG".into(), "warn".into()),
+            ],
+            args: vec!["--otlp-endpoint".into(), receiver.endpoint()],
+            etcd: None,
+            http: true,
         },
     )
     .await
@@ -175,7 +95,7 @@ async fn scenario() {
     );
     assert_eq!(got, want);
     assert_eq!(
-        receiver.spans.lock().len(),
+        receiver.spans().len(),
         0,
         "spans arrived before the flush: the batch delay was not honoured"
     );
@@ -198,13 +118,10 @@ async fn scenario() {
 
     // 5. One trace with intact links.
     let spans: Vec<Received> = receiver
-        .spans
-        .lock()
-        .iter()
+        .spans()
+        .into_iter()
         .filter(|s| hex(&s.trace_id) == client_trace)
-        .cloned()
         .collect();
-    server.abort();
     let ids: BTreeSet<String> = spans.iter().map(|s| hex(&s.span_id)).collect();
     for s in &spans {
         let parent = hex(&s.parent);

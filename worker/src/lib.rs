@@ -146,13 +146,16 @@ impl Worker {
         }
         let tasks = TaskManager::new(id.clone(), address, runtime, codec);
         tasks.set_file_catalogs(&config.catalogs);
-        weft_common::telemetry::register_role(Role::Worker);
+        // Metrics are recorded only where they are served (see the coordinator).
         let gauges: Arc<dyn GaugeSource> = Arc::new(WorkerGauges {
             tasks: Arc::downgrade(&tasks),
             slots: config.slots.max(1),
             memory_limit: config.memory_limit,
         });
-        weft_common::telemetry::add_gauge_source(&gauges);
+        if config.http_listen.is_some() {
+            weft_common::telemetry::register_role(Role::Worker);
+            weft_common::telemetry::add_gauge_source(&gauges);
+        }
         let service = FlightServiceServer::new(WorkerService::new(Arc::clone(&tasks)))
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);

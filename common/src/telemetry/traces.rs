@@ -7,7 +7,8 @@
 //! `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and
 //! `OTEL_BSP_*` variables apply. Resource attributes: `service.name`
 //! (`weft-coordinator`, `weft-worker`, unless `OTEL_SERVICE_NAME` says
-//! otherwise) and `service.instance.id` (the node's id).
+//! otherwise) and `service.instance.id` (the node's id). `RUST_LOG` filters
+//! log lines only; every span at level info or above is exported.
 //!
 //! W3C `traceparent` crosses every RPC: [`inject`] puts the current span's
 //! context into a request's metadata, [`extract`] reads it on the server, so
@@ -20,7 +21,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
@@ -66,8 +67,7 @@ pub fn init(options: TracingOptions) -> Result<Tracing, String> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     if configured.is_none() && !from_env {
         tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt)
+            .with(fmt.with_filter(filter))
             .try_init()
             .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
         return Ok(Tracing { provider: None });
@@ -100,10 +100,15 @@ pub fn init(options: TracingOptions) -> Result<Tracing, String> {
         .with_resource(resource.build())
         .build();
     let tracer = provider.tracer("weft");
+    // Spans are exported whatever RUST_LOG says about log lines: the
+    // exporter has its own level (info: every span Weft opens).
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt.with_filter(filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
         .try_init()
         .map_err(|e| format!("cannot install the trace subscriber: {e}"))?;
     tracing::info!(
