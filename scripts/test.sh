@@ -30,8 +30,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-  # Debian's prometheus package may start a daemon on :9090; the tests run their own.
-  pkill -x prometheus 2>/dev/null || true
+  # Debian's prometheus package may start its service on :9090; the tests run
+  # their own on private ports, so stop the package's (only that one).
+  service prometheus stop >/dev/null 2>&1 || true
 fi
 
 # ADBC's Flight SQL driver, for the client-compatibility test.

@@ -10,6 +10,7 @@
 //! It is cleared before results are printed, and never written to stdout.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,9 @@ const TICK: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub(crate) struct ProgressLine {
     query_id: Arc<Mutex<Option<String>>>,
+    /// Set before the line is cleared; a draw checks it while holding
+    /// stderr, so nothing is drawn after the clear.
+    stopped: Arc<AtomicBool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -53,16 +57,18 @@ impl ProgressLine {
     /// Starts drawing (a no-op line when `enabled` is false).
     pub(crate) fn start(enabled: bool, client: FlightServiceClient<Channel>) -> Self {
         let query_id = Arc::new(Mutex::new(None));
+        let stopped = Arc::new(AtomicBool::new(false));
         if !enabled {
             return Self {
                 query_id,
+                stopped,
                 task: None,
             };
         }
-        let id = Arc::clone(&query_id);
-        let task = tokio::spawn(draw(client, id));
+        let task = tokio::spawn(draw(client, Arc::clone(&query_id), Arc::clone(&stopped)));
         Self {
             query_id,
+            stopped,
             task: Some(task),
         }
     }
@@ -76,6 +82,7 @@ impl ProgressLine {
 impl Drop for ProgressLine {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
+            self.stopped.store(true, Ordering::SeqCst);
             task.abort();
             clear();
         }
@@ -88,7 +95,11 @@ fn clear() {
     let _ = err.flush();
 }
 
-async fn draw(mut client: FlightServiceClient<Channel>, query_id: Arc<Mutex<Option<String>>>) {
+async fn draw(
+    mut client: FlightServiceClient<Channel>,
+    query_id: Arc<Mutex<Option<String>>>,
+    stopped: Arc<AtomicBool>,
+) {
     let started = Instant::now();
     let mut last_rows = (started, 0u64);
     let mut rate = 0.0f64;
@@ -112,6 +123,9 @@ async fn draw(mut client: FlightServiceClient<Channel>, query_id: Arc<Mutex<Opti
         };
         {
             let mut err = std::io::stderr().lock();
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
             let _ = write!(err, "\r\x1b[2K{line}");
             let _ = err.flush();
         }

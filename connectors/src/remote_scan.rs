@@ -324,15 +324,18 @@ impl ExecutionPlan for RemoteScanExec {
 /// Counts one remote query in `weft_connector_*`: rows and Arrow bytes as
 /// they arrive; the query itself, its outcome and its duration when it ends
 /// (its last row, an error, or the consumer dropping it: `cancelled`).
+/// Sources send their query when first polled, so the clock starts there
+/// and a stream never polled (a split nobody read) counts as nothing.
 struct RemoteQueryStream {
     inner: SendableRecordBatchStream,
     labels: [(&'static str, String); 2],
     rows: metrics::Counter,
     bytes: metrics::Counter,
-    started: std::time::Instant,
+    /// Set at the first poll.
+    started: Option<std::time::Instant>,
     outcome: Option<&'static str>,
-    /// Ends when the remote query does.
-    _span: tracing::Span,
+    /// Entered while polled; ends when the remote query does.
+    span: tracing::Span,
 }
 
 impl RemoteQueryStream {
@@ -349,9 +352,9 @@ impl RemoteQueryStream {
             rows: metrics::counter!(CONNECTOR_ROWS.name, &labels),
             bytes: metrics::counter!(CONNECTOR_BYTES.name, &labels),
             labels,
-            started: std::time::Instant::now(),
+            started: None,
             outcome: None,
-            _span: span,
+            span,
         }
     }
 }
@@ -363,6 +366,11 @@ impl futures::Stream for RemoteQueryStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        let span = self.span.clone();
+        let _entered = span.enter();
+        if self.started.is_none() {
+            self.started = Some(std::time::Instant::now());
+        }
         let item = std::task::ready!(self.inner.as_mut().poll_next(cx));
         match &item {
             Some(Ok(batch)) => {
@@ -387,13 +395,16 @@ impl datafusion::physical_plan::RecordBatchStream for RemoteQueryStream {
 impl Drop for RemoteQueryStream {
     fn drop(&mut self) {
         use weft_common::telemetry::catalog::{REMOTE_QUERIES, REMOTE_QUERY_DURATION};
+        let Some(started) = self.started else {
+            return;
+        };
         let status = self.outcome.unwrap_or("cancelled");
         let [(_, catalog), (_, kind)] = &self.labels;
         metrics::counter!(REMOTE_QUERIES.name, "catalog" => catalog.clone(), "kind" => kind.clone(), "status" => status)
             .increment(1);
         if status == "ok" {
             metrics::histogram!(REMOTE_QUERY_DURATION.name, &self.labels)
-                .record(self.started.elapsed().as_secs_f64());
+                .record(started.elapsed().as_secs_f64());
         }
     }
 }

@@ -186,11 +186,13 @@ impl Engine {
             ("logical_plan", logical.display_indent().to_string()),
             (
                 "physical_plan",
-                displayable(physical.as_ref()).indent(true).to_string(),
+                displayable(physical.as_ref())
+                    .indent(explain.verbose)
+                    .to_string(),
             ),
             (
                 "distributed_plan",
-                crate::planner::explain::render(&graph, &placement),
+                crate::planner::explain::render(&graph, &placement, explain.verbose),
             ),
         ];
         let schema = Arc::new(explain.schema.as_arrow().clone());

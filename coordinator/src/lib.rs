@@ -42,7 +42,7 @@ use weft_common::flight::MAX_MESSAGE_SIZE;
 use weft_common::registry::{Members, Registry};
 use weft_common::session::{weft_session_config, DEFAULT_TARGET_PARTITIONS};
 use weft_common::telemetry::catalog::{self as metric, Role};
-use weft_common::telemetry::http::{HttpServer, Readiness};
+use weft_common::telemetry::http::{HttpBinding, HttpServer, Readiness};
 use weft_common::telemetry::GaugeSource;
 use weft_connectors::Connectors;
 
@@ -155,6 +155,11 @@ impl Coordinator {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        // Bound before serving anything, so a clash stops the start cleanly.
+        let http = match config.http_listen {
+            Some(listen) => Some(HttpBinding::bind(listen).await?),
+            None => None,
+        };
         let addr = listener.local_addr()?;
         let service =
             flight_sql::poll::WithPoll::new(flight_sql::WeftFlightSql::new(Arc::clone(&engine)));
@@ -184,13 +189,13 @@ impl Coordinator {
             weft_common::telemetry::register_role(Role::Coordinator);
             weft_common::telemetry::add_gauge_source(&gauges);
         }
-        let http = match config.http_listen {
-            Some(listen) => {
+        let http = match http {
+            Some(binding) => {
                 let readiness = Arc::new(CoordinatorReadiness {
                     engine: Arc::downgrade(&engine),
                     registry: config.registry.clone(),
                 });
-                let http = HttpServer::start(listen, readiness).await?;
+                let http = binding.serve(readiness)?;
                 tracing::info!(url = %http.url(), "coordinator serving /metrics, /healthz, /readyz");
                 Some(http)
             }

@@ -101,8 +101,6 @@ pub struct Query {
     held: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
     /// The query's trace span; closed when the query ends.
     pub(crate) span: Mutex<Option<tracing::Span>>,
-    /// Error kind label of a failure (`weft_coordinator_queries_finished_total`).
-    failure_kind: Mutex<&'static str>,
     /// Final statuses of tasks the workers have forgotten: `(worker id,
     /// address, status)`, returned when the query was released or cancelled.
     ended_tasks: Mutex<Vec<(String, String, TaskStatus)>>,
@@ -150,6 +148,11 @@ impl Query {
 
     /// Moves to `next` unless the query already ended; returns whether it moved.
     pub fn transition(&self, next: QueryState) -> bool {
+        self.transition_as(next, "execution")
+    }
+
+    /// [`Query::transition`]; a failure is counted with `error_kind`.
+    fn transition_as(&self, next: QueryState, error_kind: &'static str) -> bool {
         let mut s = self.state.lock();
         if s.is_terminal() {
             return false;
@@ -162,7 +165,7 @@ impl Query {
             let kind = match &next {
                 QueryState::Finished => "none",
                 QueryState::Cancelled => "cancelled",
-                _ => *self.failure_kind.lock(),
+                _ => error_kind,
             };
             use weft_common::telemetry::catalog::{QUERIES_FINISHED, QUERY_DURATION};
             metrics::counter!(QUERIES_FINISHED.name, "state" => next.name(), "error_kind" => kind)
@@ -180,8 +183,10 @@ impl Query {
     /// Fails the query with `status` (its code picks the error kind);
     /// returns whether it moved.
     pub fn fail(&self, status: &tonic::Status) -> bool {
-        *self.failure_kind.lock() = weft_common::telemetry::error_kind(status.code());
-        self.transition(QueryState::Failed(status.message().to_string()))
+        self.transition_as(
+            QueryState::Failed(status.message().to_string()),
+            weft_common::telemetry::error_kind(status.code()),
+        )
     }
 
     pub fn set_running(&self, run: Arc<RunInfo>) {
@@ -340,7 +345,6 @@ impl QueryManager {
             endpoints_done: AtomicUsize::new(0),
             streams_opened: AtomicUsize::new(0),
             held: Mutex::new(Vec::new()),
-            failure_kind: Mutex::new("execution"),
             span: Mutex::new(None),
             ended_tasks: Mutex::new(Vec::new()),
         });

@@ -203,6 +203,19 @@ impl TestCluster {
     }
 }
 
+impl TestCluster {
+    /// The `distributed_plan` row of `EXPLAIN sql`: every stage with its
+    /// fragment, remote scans with the SQL their source runs.
+    pub async fn explain(&self, sql: &str) -> anyhow::Result<String> {
+        let batches = self.query(&format!("EXPLAIN {sql}")).await?;
+        let rows = format_rows(&batches, |v| v.to_string());
+        rows.into_iter()
+            .find(|r| r.first().map(String::as_str) == Some("distributed_plan"))
+            .and_then(|r| r.get(1).cloned())
+            .ok_or_else(|| anyhow::anyhow!("EXPLAIN returned no distributed_plan row"))
+    }
+}
+
 /// A Flight SQL client for `http://host:port`.
 pub async fn connect(url: &str) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
     let channel = Endpoint::from_shared(url.to_string())?.connect().await?;

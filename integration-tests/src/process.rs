@@ -165,8 +165,36 @@ impl ProcessCluster {
         }
         if workers > 0 {
             cluster.wait_ready(&cluster.coordinator).await?;
+            cluster.wait_members().await?;
         }
         Ok(cluster)
+    }
+
+    /// Waits until the coordinator schedules on every started worker
+    /// (`system.runtime.workers` lists them all).
+    pub async fn wait_members(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let want = self.workers.len().to_string();
+        loop {
+            let sql = "SELECT count(*) AS n FROM system.runtime.workers";
+            let seen = match crate::connect(&self.flight_url()).await {
+                Ok(mut c) => crate::run_sql(&mut c, sql)
+                    .await
+                    .ok()
+                    .and_then(|b| crate::canonical_rows(&b).first().cloned()),
+                Err(_) => None,
+            };
+            if seen.as_deref() == Some(want.as_str()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the coordinator lists {seen:?} workers, not {want}:\n{}",
+                    self.coordinator.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Starts one more worker on the next loopback address; waits until its

@@ -7,7 +7,9 @@
 //!    progress line appears on stderr, and stdout is exactly the CSV that the
 //!    same query prints with `--progress never`, which equals the cluster's
 //!    answer.
-//! 3. With stderr on a pipe, `auto` draws nothing.
+//! 3. With stderr on a pipe, `auto` draws nothing. The numbers the line
+//!    shows come from the coordinator's `weft.query_progress` action: for a
+//!    finished query it reports every stage and task done and rows produced.
 //! 4. The shell: a statement typed over two lines runs and reports its rows
 //!    and seconds; `quit` leaves with status 0.
 
@@ -137,6 +139,46 @@ async fn scenario() {
         String::from_utf8_lossy(&out.stdout),
         quiet["stdout"].as_str().unwrap()
     );
+
+    // The action behind the line, for a query that has finished.
+    let mut client = cluster.client().await.expect("client");
+    let info = client
+        .execute(QUERY.to_string(), None)
+        .await
+        .expect("execute");
+    let query_id = weft_coordinator::flight_sql::query_ids_of(&info)[0].clone();
+    weft_integration_tests::read_all(&mut client, &info)
+        .await
+        .expect("read");
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut flight = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+    let mut answer = flight
+        .do_action(arrow_flight::Action {
+            r#type: weft_coordinator::flight_sql::QUERY_PROGRESS_ACTION.into(),
+            body: query_id.clone().into_bytes().into(),
+        })
+        .await
+        .expect("weft.query_progress")
+        .into_inner();
+    let body = answer
+        .message()
+        .await
+        .expect("answer")
+        .expect("one result")
+        .body;
+    let p: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(p["state"], "finished", "{p}");
+    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+    assert!(n("stages_total") >= 2, "{p}");
+    assert_eq!(n("stages_done"), n("stages_total"), "{p}");
+    assert!(n("tasks_total") >= n("stages_total"), "{p}");
+    assert_eq!(n("tasks_done"), n("tasks_total"), "{p}");
+    assert_eq!(n("tasks_running"), 0, "{p}");
+    assert!(n("rows") > 0 && n("bytes") > 0, "{p}");
 
     // 4. The shell.
     let history = tempfile::NamedTempFile::new().expect("history file");

@@ -348,16 +348,6 @@ async fn tpch_across_two_postgres_databases() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The lines of `EXPLAIN sql` on `cluster`.
 async fn explain(cluster: &TestCluster, sql: &str) -> String {
-    batch_rows(
-        &cluster
-            .query(&format!("EXPLAIN {sql}"))
-            .await
-            .expect("explain"),
-    )
-    .into_iter()
-    .map(|r| r.join(" "))
-    .collect::<Vec<_>>()
-    .join("\n")
+    cluster.explain(sql).await.expect("explain")
 }

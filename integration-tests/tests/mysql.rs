@@ -33,16 +33,7 @@ async fn cluster(catalogs: Vec<(&str, DatabaseConfig)>) -> TestCluster {
 }
 
 async fn explain(cluster: &TestCluster, sql: &str) -> String {
-    batch_rows(
-        &cluster
-            .query(&format!("EXPLAIN {sql}"))
-            .await
-            .expect("explain runs"),
-    )
-    .into_iter()
-    .map(|r| r.join(" "))
-    .collect::<Vec<_>>()
-    .join("\n")
+    cluster.explain(sql).await.expect("explain")
 }
 
 fn database_of(url: &str) -> String {

@@ -148,6 +148,17 @@ async fn sum_or_zero(prom: &Prometheus, promql: &str) -> f64 {
     prom.value(promql).await.expect("query").unwrap_or(0.0)
 }
 
+/// The value of `promql` once it is above zero (a node's last scrape may
+/// trail the events by a scrape interval, or one scrape may time out).
+async fn positive(prom: &Prometheus, promql: &str) -> f64 {
+    prom.wait_for(promql, Duration::from_secs(20), |v| {
+        v.is_some_and(|x| x > 0.0)
+    })
+    .await
+    .expect("query")
+    .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prometheus_scrapes_a_process_cluster_running_tpch() {
     tokio::time::timeout(TEST_TIMEOUT, scenario())
@@ -205,6 +216,10 @@ async fn scenario() {
         .wait_ready(&cluster.coordinator)
         .await
         .expect("coordinator ready");
+    cluster
+        .wait_members()
+        .await
+        .expect("both workers scheduled");
     for node in cluster.workers.iter().chain([&cluster.coordinator]) {
         let (status, body) = http_get(node.http, "/readyz").await.expect("readyz");
         assert_eq!(status, 200, "{}: {body}", node.name);
@@ -229,6 +244,13 @@ async fn scenario() {
         .await
         .expect("up");
     assert_eq!(up, Some(3.0), "not every node is scraped:\n{}", prom.log());
+    // Queries that ran before (the harness asking which workers are live).
+    let finished_before = sum_or_zero(
+        &prom,
+        r#"sum(weft_coordinator_queries_finished_total{state="finished"})"#,
+    )
+    .await;
+    let started_before = sum_or_zero(&prom, "sum(weft_coordinator_queries_started_total)").await;
 
     let reference = single_node(dir).await;
     let mut client = connect(&cluster.flight_url()).await.expect("connect");
@@ -314,11 +336,15 @@ async fn scenario() {
         .wait_for(
             r#"sum(weft_coordinator_queries_finished_total{state="finished"})"#,
             Duration::from_secs(20),
-            |v| v == Some(statements as f64),
+            |v| v == Some(finished_before + statements as f64),
         )
         .await
         .expect("finished");
-    assert_eq!(finished, Some(statements as f64), "finished queries");
+    assert_eq!(
+        finished,
+        Some(finished_before + statements as f64),
+        "finished queries"
+    );
     let failed = prom
         .wait_for(
             r#"sum(weft_coordinator_queries_finished_total{state="failed"})"#,
@@ -329,7 +355,11 @@ async fn scenario() {
         .expect("failed");
     assert_eq!(failed, Some(1.0), "the failed query is counted once");
     let started = sum_or_zero(&prom, "sum(weft_coordinator_queries_started_total)").await;
-    assert_eq!(started, statements as f64 + 1.0, "queries started");
+    assert_eq!(
+        started - started_before,
+        statements as f64 + 1.0,
+        "queries started"
+    );
     let invalid = sum_or_zero(
         &prom,
         r#"sum(weft_coordinator_queries_finished_total{state="failed",error_kind="invalid"})"#,
@@ -338,12 +368,12 @@ async fn scenario() {
     assert_eq!(invalid, 1.0, "a missing table is an invalid query");
     for w in &cluster.workers {
         let instance = w.http.to_string();
-        let sent = sum_or_zero(
+        let sent = positive(
             &prom,
             &format!(r#"sum(weft_worker_exchange_sent_bytes_total{{instance="{instance}"}})"#),
         )
         .await;
-        let received = sum_or_zero(
+        let received = positive(
             &prom,
             &format!(r#"sum(weft_worker_exchange_received_bytes_total{{instance="{instance}"}})"#),
         )
@@ -353,14 +383,14 @@ async fn scenario() {
             "{}: exchange bytes sent {sent}, received {received}",
             w.name
         );
-        let launched = sum_or_zero(
+        let launched = positive(
             &prom,
             &format!(r#"sum(weft_worker_tasks_launched_total{{instance="{instance}"}})"#),
         )
         .await;
         assert!(launched > 0.0, "{} ran no task", w.name);
     }
-    let flight = sum_or_zero(
+    let flight = positive(
         &prom,
         r#"sum(weft_worker_exchange_received_bytes_total{transport="flight"})"#,
     )
@@ -381,16 +411,23 @@ async fn scenario() {
         tasks_workers,
         "tasks launched: coordinator vs workers"
     );
-    let pg_queries = sum_or_zero(
+    let pg_queries = positive(
         &prom,
         r#"sum(weft_connector_remote_queries_total{catalog="pg",kind="postgres",status="ok"})"#,
     )
     .await;
     assert!(pg_queries >= 1.0, "the PostgreSQL query was not counted");
-    let result_rows = sum_or_zero(&prom, "sum(weft_coordinator_result_rows_total)").await;
+    let result_rows = positive(&prom, "sum(weft_coordinator_result_rows_total)").await;
     assert!(result_rows > 0.0, "no result rows counted");
-    let live = sum_or_zero(&prom, "sum(weft_coordinator_workers_live)").await;
-    assert_eq!(live, 2.0);
+    let live = prom
+        .wait_for(
+            "sum(weft_coordinator_workers_live)",
+            Duration::from_secs(20),
+            |v| v == Some(2.0),
+        )
+        .await
+        .expect("live workers");
+    assert_eq!(live, Some(2.0));
 
     // 7. promtool on every scrape; the docs list exactly what is exported.
     let mut all = BTreeMap::new();

@@ -35,15 +35,7 @@ async fn weft_rows(cluster: &TestCluster, text: &str) -> anyhow::Result<Vec<Vec<
 }
 
 async fn explain(cluster: &TestCluster, sql: &str) -> String {
-    let batches = cluster
-        .query(&format!("EXPLAIN {sql}"))
-        .await
-        .expect("explain runs");
-    batch_rows(&batches)
-        .into_iter()
-        .map(|r| r.join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
+    cluster.explain(sql).await.expect("explain")
 }
 
 /// TPC-H loaded into PostgreSQL (spec types, `char(n)` included): the 22

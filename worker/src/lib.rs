@@ -35,7 +35,7 @@ use weft_common::config::CatalogsConfig;
 use weft_common::flight::{ClientPool, MAX_MESSAGE_SIZE};
 use weft_common::registry::{Registration, Registry, WorkerInfo};
 use weft_common::telemetry::catalog::{self as metric, Role};
-use weft_common::telemetry::http::{HttpServer, Readiness};
+use weft_common::telemetry::http::{HttpBinding, HttpServer, Readiness};
 use weft_common::telemetry::GaugeSource;
 use weft_connectors::Connectors;
 
@@ -113,6 +113,10 @@ impl Worker {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let http = match config.http_listen {
+            Some(listen) => Some(HttpBinding::bind(listen).await?),
+            None => None,
+        };
         let local = listener.local_addr()?;
         let address = match &config.advertise {
             Some(a) if a.contains("://") => a.clone(),
@@ -174,14 +178,14 @@ impl Worker {
         );
         let registration: Arc<dyn Registration> = Arc::from(registry.register(info.clone()).await?);
         tracing::info!(worker = %id, address = %info.address, slots = info.slots, "worker registered");
-        let http = match config.http_listen {
-            Some(listen) => {
+        let http = match http {
+            Some(binding) => {
                 let readiness = Arc::new(WorkerReadiness {
                     tasks: Arc::downgrade(&tasks),
                     registration: Arc::downgrade(&registration),
                     id: id.clone(),
                 });
-                let http = HttpServer::start(listen, readiness).await?;
+                let http = binding.serve(readiness)?;
                 tracing::info!(worker = %id, url = %http.url(), "worker serving /metrics, /healthz, /readyz");
                 Some(http)
             }

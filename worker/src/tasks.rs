@@ -278,6 +278,13 @@ impl RunningTask {
                 .iter()
                 .find(|(prefix, _)| url.starts_with(prefix.as_str()))
             else {
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        file = %url,
+                        "a file scan matches no files catalog of this worker's catalog file; its rows are not counted in weft_connector_rows_total (warned once)"
+                    );
+                }
                 continue;
             };
             let rows = m.output_rows().unwrap_or(0);
@@ -520,7 +527,7 @@ impl TaskManager {
             bytes_out: AtomicU64::new(0),
             outputs_opened: Default::default(),
             outputs_read: Default::default(),
-            span: Mutex::new(None),
+            span: Mutex::new(Some(span.clone())),
         });
         {
             let mut tasks = self.tasks.lock();
@@ -535,7 +542,6 @@ impl TaskManager {
         if count == 0 {
             task.set_state(TaskState::Finished, String::new());
         }
-        *task.span.lock() = Some(span.clone());
         let mut producers = task.producers.lock();
         for (i, (stream, sink)) in streams.into_iter().zip(senders).enumerate() {
             producers.spawn(tracing::Instrument::instrument(
@@ -763,24 +769,21 @@ impl TaskManager {
     }
 }
 
+/// The URL prefix a files catalog's scans carry (`file:///abs/dir/`,
+/// `s3://bucket/prefix/`): DataFusion's object store URL + path, built the
+/// way the catalog's listing builds it (`ListingTableUrl`, relative paths
+/// against the working directory, symlinks not resolved).
+fn file_url_prefix(path: &str) -> String {
+    let url = match datafusion::datasource::listing::ListingTableUrl::parse(path) {
+        Ok(u) => u.as_str().to_string(),
+        Err(_) => path.to_string(),
+    };
+    format!("{}/", url.trim_end_matches('/'))
+}
+
 /// View arrays (Utf8View / BinaryView) may reference large shared buffers that
 /// IPC would send whole with every batch (a 20-row batch of 20 MB has been
 /// seen); copy just the referenced bytes before a batch leaves the worker.
-/// The URL prefix a files catalog's scans carry (`file:///abs/dir`,
-/// `s3://bucket/prefix`), as DataFusion's object store URL + path.
-fn file_url_prefix(path: &str) -> String {
-    if path.contains("://") {
-        return format!("{}/", path.trim_end_matches('/'));
-    }
-    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| std::path::PathBuf::from(path));
-    format!(
-        "file:///{}/",
-        abs.to_string_lossy()
-            .trim_start_matches('/')
-            .trim_end_matches('/')
-    )
-}
-
 fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
     use arrow::array::{Array, ArrayRef, BinaryViewArray, StringViewArray};
     use arrow::datatypes::DataType;

@@ -394,9 +394,17 @@ async fn keepalive_loop(
                 .lease_keep_alive(id)
                 .await
                 .map_err(|e| e.to_string())?;
+            // A renewal that etcd does not answer within the TTL (packets
+            // dropped, etcd paused) counts as failed: the lease is gone by then.
+            let ttl = Duration::from_secs(settings.lease_ttl_secs.max(1) as u64);
             loop {
-                keeper.keep_alive().await.map_err(|e| e.to_string())?;
-                match stream.message().await.map_err(|e| e.to_string())? {
+                let answer = tokio::time::timeout(ttl, async {
+                    keeper.keep_alive().await.map_err(|e| e.to_string())?;
+                    stream.message().await.map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|_| format!("etcd did not answer a keep-alive within {ttl:?}"))??;
+                match answer {
                     Some(resp) if resp.ttl() > 0 => {
                         metrics::counter!(LEASE_RENEWALS.name).increment(1);
                         trouble.lock().take();

@@ -62,19 +62,42 @@ pub struct HttpServer {
     task: Option<JoinHandle<()>>,
 }
 
-impl HttpServer {
-    /// Binds `listen` and serves the endpoints.
-    pub async fn start(
-        listen: SocketAddr,
-        readiness: Arc<dyn Readiness>,
-    ) -> Result<Self, std::io::Error> {
-        super::install();
+/// A bound HTTP port, not serving yet: nodes bind before they join the
+/// cluster, so a port clash fails the start before anything is registered.
+#[derive(Debug)]
+pub struct HttpBinding {
+    listener: TcpListener,
+}
+
+impl HttpBinding {
+    /// Binds `listen`; the error names the address and the flag to change.
+    pub async fn bind(listen: SocketAddr) -> Result<Self, std::io::Error> {
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot serve HTTP (/metrics, /healthz, /readyz) on {listen}: {e}; choose another --http-listen"),
             )
         })?;
+        Ok(Self { listener })
+    }
+
+    /// Serves the endpoints on the bound port.
+    pub fn serve(self, readiness: Arc<dyn Readiness>) -> Result<HttpServer, std::io::Error> {
+        HttpServer::serve(self.listener, readiness)
+    }
+}
+
+impl HttpServer {
+    /// Binds `listen` and serves the endpoints.
+    pub async fn start(
+        listen: SocketAddr,
+        readiness: Arc<dyn Readiness>,
+    ) -> Result<Self, std::io::Error> {
+        HttpBinding::bind(listen).await?.serve(readiness)
+    }
+
+    fn serve(listener: TcpListener, readiness: Arc<dyn Readiness>) -> Result<Self, std::io::Error> {
+        super::install();
         let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/metrics", get(metrics))

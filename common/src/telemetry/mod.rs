@@ -4,7 +4,7 @@
 //! - [`install`]: the process-wide `metrics` recorder, rendered in the
 //!   Prometheus text format by `metrics-exporter-prometheus`, with upkeep
 //!   running so histogram samples do not pile up when nobody scrapes, and
-//!   idle series (label sets nobody updates) expiring;
+//!   idle histogram series (label sets nobody updates) expiring;
 //! - [`GaugeSource`]: gauges computed when scraped (tasks running, memory
 //!   reserved, live workers), summed over the nodes of one process;
 //! - [`http`]: the `/metrics`, `/healthz`, `/readyz` server every node runs;
@@ -34,8 +34,10 @@ use parking_lot::Mutex;
 
 use catalog::Kind;
 
-/// Counters and histograms not updated for this long leave the scrape (a
-/// catalog removed from the file, an error code not seen for a while).
+/// Histograms not updated for this long leave the scrape (a catalog
+/// removed from the file), so their buckets do not pile up. Counters stay:
+/// their label sets are bounded, and a counter that vanished and came back
+/// at 1 would hide its first increase from `increase()` and `rate()`.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -48,10 +50,8 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> bool {
     HANDLE
         .get_or_init(|| {
-            let mut builder = PrometheusBuilder::new().idle_timeout(
-                MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM,
-                Some(IDLE_TIMEOUT),
-            );
+            let mut builder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::HISTOGRAM, Some(IDLE_TIMEOUT));
             for m in catalog::ALL.iter().filter(|m| m.kind == Kind::Histogram) {
                 builder = match builder
                     .set_buckets_for_metric(Matcher::Full(m.name.to_string()), m.buckets)

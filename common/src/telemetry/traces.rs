@@ -76,13 +76,13 @@ pub fn init(options: TracingOptions) -> Result<Tracing, String> {
     if let Some(endpoint) = &configured {
         exporter = exporter.with_endpoint(endpoint.clone());
     }
-    let exporter =
-        exporter.build().map_err(|e| {
-            format!(
-            "cannot set up OTLP trace export to {}: {e}; check --otlp-endpoint / {ENDPOINT_ENV}",
-            configured.as_deref().unwrap_or("$OTEL_EXPORTER_OTLP_ENDPOINT")
-        )
-        })?;
+    let shown = configured
+        .as_deref()
+        .map(redact)
+        .unwrap_or_else(|| "$OTEL_EXPORTER_OTLP_ENDPOINT".to_string());
+    let exporter = exporter.build().map_err(|e| {
+        format!("cannot set up OTLP trace export to {shown}: {e}; check --otlp-endpoint / {ENDPOINT_ENV}")
+    })?;
     let mut resource = Resource::builder()
         .with_attribute(opentelemetry::KeyValue::new(
             "service.instance.id",
@@ -111,12 +111,7 @@ pub fn init(options: TracingOptions) -> Result<Tracing, String> {
         )
         .try_init()
         .map_err(|e| format!("cannot install the trace subscriber: {e}"))?;
-    tracing::info!(
-        endpoint = configured
-            .as_deref()
-            .unwrap_or("from OTEL_EXPORTER_OTLP_ENDPOINT"),
-        "exporting traces over OTLP/gRPC"
-    );
+    tracing::info!(endpoint = %shown, "exporting traces over OTLP/gRPC");
     Ok(Tracing {
         provider: Some(provider),
     })
@@ -141,6 +136,19 @@ impl Tracing {
                 eprintln!("flushing traces failed: {e}");
             }
         }
+    }
+}
+
+/// `endpoint` without credentials (`http://***@host:4317`).
+fn redact(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("***");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => endpoint.to_string(),
+        Err(_) => "(an endpoint that is not a URL)".to_string(),
     }
 }
 
@@ -194,5 +202,21 @@ pub fn set_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap)
     use opentelemetry::trace::TraceContextExt;
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn endpoints_are_shown_without_credentials() {
+        assert_eq!(
+            super::redact("http://collector:4317"),
+            "http://collector:4317"
+        );
+        assert_eq!(
+            super::redact("https://user:secret@collector:4317/"),
+            "https://***@collector:4317/"
+        );
+        assert!(!super::redact("not a url secret").contains("secret"));
     }
 }

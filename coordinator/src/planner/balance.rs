@@ -13,8 +13,8 @@
 //! [`balance_parquet_scans`] therefore reads the footers of the scanned
 //! files (through the runtime's file-metadata cache, so a footer is read
 //! once), and reassigns whole row groups to the scan's partitions so each
-//! gets about the same number of rows (largest first onto the least loaded
-//! partition). A partition's row groups of one file become byte ranges
+//! gets about the same number of rows, as one contiguous run of row groups
+//! in file order per partition. A partition's row groups of one file become byte ranges
 //! `[first page of the first group, first page of the next group)`, which
 //! the reader maps back to exactly those row groups. The number of
 //! partitions does not change.
@@ -199,7 +199,10 @@ fn rebalance(
         }
     }
 
-    // Longest-processing-time assignment of row groups to partitions.
+    // Row groups in file order, cut into one contiguous run per partition
+    // with about the same rows: each partition reads few, long byte ranges
+    // (a longest-first assignment balanced as well but interleaved equal row
+    // groups, so every task opened hundreds of one-row-group ranges).
     let partitions = config.file_groups.len();
     let mut units: Vec<(usize, usize, RowGroupSpan)> = Vec::new();
     for (file_index, path) in order.iter().enumerate() {
@@ -211,15 +214,10 @@ fn rebalance(
                 .map(|(i, s)| (file_index, i, *s)),
         );
     }
-    let mut by_size: Vec<usize> = (0..units.len()).collect();
-    by_size.sort_by_key(|&u| std::cmp::Reverse(units[u].2.rows));
-    let mut load = vec![0u64; partitions];
-    let mut assigned: Vec<Vec<usize>> = vec![Vec::new(); partitions];
-    for u in by_size {
-        let target = (0..partitions).min_by_key(|&p| load[p]).unwrap_or(0);
-        load[target] += units[u].2.rows;
-        assigned[target].push(u);
-    }
+    let assigned = contiguous_runs(
+        &units.iter().map(|u| u.2.rows).collect::<Vec<_>>(),
+        partitions,
+    );
 
     // Each partition reads its row groups in file order, adjacent ones of
     // a file as one range.
@@ -250,6 +248,34 @@ fn rebalance(
         })
         .collect();
     Some(groups)
+}
+
+/// Cuts `rows` (row counts in reading order) into `partitions` contiguous
+/// runs of about equal total: a run ends where the running total is nearest
+/// its share (partition p ends near (p + 1) / partitions of all rows).
+/// Returns the unit indices of every partition; some may be empty when
+/// there are fewer units than partitions.
+fn contiguous_runs(rows: &[u64], partitions: usize) -> Vec<Vec<usize>> {
+    let partitions = partitions.max(1);
+    let total: u128 = rows.iter().map(|&r| u128::from(r)).sum();
+    let mut assigned: Vec<Vec<usize>> = vec![Vec::new(); partitions];
+    let (mut p, mut done) = (0usize, 0u128);
+    for (i, &r) in rows.iter().enumerate() {
+        let r = u128::from(r);
+        while p + 1 < partitions {
+            let boundary = total * (p as u128 + 1) / partitions as u128;
+            // Move on when this partition has its share, or when taking the
+            // unit would overshoot the share by more than leaving it short.
+            if done >= boundary || (done + r > boundary && done + r - boundary > boundary - done) {
+                p += 1;
+            } else {
+                break;
+            }
+        }
+        assigned[p].push(i);
+        done += r;
+    }
+    assigned
 }
 
 fn ranged(file: &PartitionedFile, start: u64, end: u64) -> PartitionedFile {
@@ -355,6 +381,48 @@ mod tests {
             "one file per partition as planned"
         );
         assert_eq!(after, vec![3_000, 3_000], "balanced");
+        // Contiguous runs: a:0-2 | a:3 + b:0-1, so three byte ranges in all
+        // (row groups dealt out one by one would make six).
+        let mut ranges = Vec::new();
+        balanced
+            .apply(|n| {
+                if let Some(c) = eligible_scan(n.as_ref()) {
+                    ranges.extend(c.file_groups.iter().map(|g| g.len()));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .expect("walk");
+        assert_eq!(ranges, vec![1, 2], "byte ranges per partition");
+    }
+
+    #[test]
+    fn runs_are_contiguous_and_even() {
+        // 524 equal row groups (TPC-H SF10 lineitem) on 2 partitions: two runs.
+        let runs = contiguous_runs(&[100; 524], 2);
+        assert_eq!(runs[0], (0..262).collect::<Vec<_>>());
+        assert_eq!(runs[1], (262..524).collect::<Vec<_>>());
+        // Uneven groups: each run is contiguous and within one group of its share.
+        let rows = [500, 100, 100, 900, 300, 300, 300, 200];
+        let runs = contiguous_runs(&rows, 3);
+        let flat: Vec<usize> = runs.iter().flatten().copied().collect();
+        assert_eq!(
+            flat,
+            (0..rows.len()).collect::<Vec<_>>(),
+            "in order, each once"
+        );
+        let share = rows.iter().sum::<u64>() / 3;
+        for run in &runs {
+            let sum: u64 = run.iter().map(|&i| rows[i]).sum();
+            assert!(sum.abs_diff(share) <= 900, "{runs:?}");
+        }
+        assert_eq!(
+            contiguous_runs(&[7], 4)
+                .iter()
+                .filter(|r| !r.is_empty())
+                .count(),
+            1
+        );
+        assert_eq!(contiguous_runs(&[], 3), vec![Vec::<usize>::new(); 3]);
     }
 
     #[tokio::test]

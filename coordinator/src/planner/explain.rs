@@ -24,8 +24,9 @@ use weft_common::registry::WorkerInfo;
 use super::stages::{collect_readers, StageGraph, StageKind};
 
 /// Renders `graph`, placed as `placement` (worker of every task of every
-/// stage), final stage first.
-pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>]) -> String {
+/// stage), final stage first; `verbose` (EXPLAIN VERBOSE) shows operators in
+/// full (a remote scan's whole SQL instead of shortened IN lists).
+pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>], verbose: bool) -> String {
     let tasks: usize = graph.stages.iter().map(|s| s.tasks).sum();
     let workers: std::collections::BTreeSet<&str> =
         placement.iter().flatten().map(|w| w.id.as_str()).collect();
@@ -106,7 +107,7 @@ pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>]) -> String {
             );
         }
         for line in displayable(stage.root.as_ref())
-            .indent(true)
+            .indent(verbose)
             .to_string()
             .lines()
         {
