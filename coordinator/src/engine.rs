@@ -145,14 +145,93 @@ impl Engine {
         let slots = total_slots(&self.members.borrow()).max(1);
         let ctx = self.session_for(slots);
         let logical = ctx.state().create_logical_plan(sql).await?;
-        if let datafusion::logical_expr::LogicalPlan::Explain(explain) = &logical {
-            let plan = self.explain(&ctx, explain).await?;
-            return Ok((ctx, plan));
+        match &logical {
+            datafusion::logical_expr::LogicalPlan::Explain(explain) => {
+                let plan = self.explain(&ctx, explain).await?;
+                return Ok((ctx, plan));
+            }
+            datafusion::logical_expr::LogicalPlan::Analyze(analyze) => {
+                let plan = Box::pin(self.explain_analyze(sql, analyze)).await?;
+                return Ok((ctx, plan));
+            }
+            _ => {}
         }
         let df = ctx.execute_logical_plan(logical).await?;
         let plan = df.create_physical_plan().await?;
         let plan = crate::planner::balance::balance_parquet_scans(plan, &ctx.runtime_env()).await?;
         Ok((ctx, plan))
+    }
+
+    /// `EXPLAIN ANALYZE`: runs the statement as a distributed query of its
+    /// own, reads (and drops) its results, then reports every stage with its
+    /// tasks' operator metrics as the workers returned them when they
+    /// released the tasks ([`crate::planner::explain::analyzed`]).
+    async fn explain_analyze(
+        &self,
+        sql: &str,
+        analyze: &datafusion::logical_expr::Analyze,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, DataFusionError> {
+        use arrow::array::StringArray;
+        use datafusion::datasource::memory::MemorySourceConfig;
+        let parsed = datafusion::sql::parser::DFParser::parse_sql(sql)?;
+        let inner = match parsed.front() {
+            Some(datafusion::sql::parser::Statement::Explain(e)) => e.statement.to_string(),
+            _ => {
+                return Err(DataFusionError::Plan(
+                    "EXPLAIN ANALYZE must be the only statement".into(),
+                ))
+            }
+        };
+        let started = std::time::Instant::now();
+        let query = self
+            .start_query_with(&inner, true)
+            .await
+            .map_err(|s| DataFusionError::Execution(s.message().to_string()))?;
+        let endpoints = query.run_info().map(|r| r.endpoints.len()).unwrap_or(0);
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        for e in 0..endpoints {
+            let mut stream = self
+                .stream(&query.id, e as u32)
+                .await
+                .map_err(|s| DataFusionError::Execution(s.message().to_string()))?;
+            while let Some(data) = stream.next().await {
+                let data = data.map_err(|s| DataFusionError::Execution(s.message().to_string()))?;
+                bytes += (data.data_header.len() + data.data_body.len()) as u64;
+                rows += arrow::ipc::root_as_message(&data.data_header)
+                    .ok()
+                    .and_then(|m| m.header_as_record_batch())
+                    .map(|b| b.length().max(0) as u64)
+                    .unwrap_or(0);
+            }
+        }
+        let elapsed = started.elapsed();
+        // The workers return every task's final metrics when they release
+        // the query, which the last stream's end set off.
+        let total: usize = query
+            .run_info()
+            .map(|r| r.stages.iter().map(Vec::len).sum())
+            .unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while query.ended_task_count() < total && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let progress = query.progress(&self.clients).await;
+        let blocks = query.stage_blocks.lock().clone();
+        let text =
+            crate::planner::explain::analyzed(&query.id, &blocks, &progress, rows, bytes, elapsed);
+        let schema = Arc::new(analyze.schema.as_arrow().clone());
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["Plan with Metrics"])),
+                Arc::new(StringArray::from(vec![text])),
+            ],
+        )?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema,
+            None,
+        )?)
     }
 
     /// `EXPLAIN`: DataFusion's logical and physical plans, and the
@@ -235,7 +314,16 @@ impl Engine {
 
     /// Plans and starts a query; its results are read with [`Engine::stream`].
     pub async fn start_query(&self, sql: &str) -> Result<Arc<Query>, Status> {
+        self.start_query_with(sql, false).await
+    }
+
+    /// [`Engine::start_query`]; `describe` keeps the text of every stage
+    /// (for EXPLAIN ANALYZE).
+    async fn start_query_with(&self, sql: &str, describe: bool) -> Result<Arc<Query>, Status> {
         let query = self.queries.create(sql);
+        query
+            .describe
+            .store(describe, std::sync::atomic::Ordering::SeqCst);
         let span = tracing::info_span!(
             "query",
             query_id = %query.id,
@@ -253,11 +341,16 @@ impl Engine {
             query: Some(Arc::clone(&query)),
             clients: Arc::clone(&self.clients),
         };
-        if let Err(status) = self
-            .admit(&query)
-            .instrument(tracing::info_span!("admission"))
-            .await
-        {
+        // The query an EXPLAIN ANALYZE runs is admitted with it (waiting for
+        // a second permit could wait for itself).
+        let admitted = if query.describe.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            self.admit(&query)
+                .instrument(tracing::info_span!("admission"))
+                .await
+        };
+        if let Err(status) = admitted {
             guard.disarm();
             query.fail(&status);
             return Err(status);
@@ -367,6 +460,10 @@ impl Engine {
             .in_scope(|| cut_stages(plan, &query.id, max_tasks, &self.clients))
             .map_err(datafusion_to_status)?;
         let placement = scheduler::place(&graph, &workers)?;
+        if query.describe.load(std::sync::atomic::Ordering::SeqCst) {
+            *query.stage_blocks.lock() =
+                crate::planner::explain::stage_blocks(&graph, &placement, false);
+        }
         let used_workers = scheduler::workers_of(&placement);
         // Recorded before launching so a failed launch can be cancelled everywhere.
         let provisional = Arc::new(RunInfo {
@@ -438,7 +535,7 @@ impl Engine {
     /// Flight data unchanged. Ends the query when the last endpoint is read;
     /// cancels it when the client drops the stream early or a task fails.
     pub async fn stream(
-        self: &Arc<Self>,
+        &self,
         query_id: &str,
         endpoint: u32,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>, Status>
@@ -510,7 +607,7 @@ impl Engine {
             .into_inner();
         query.stream_opened();
         let guard = StreamGuard {
-            engine: Arc::clone(self),
+            clients: Arc::clone(&self.clients),
             query: Arc::clone(&query),
             finished: false,
         };
@@ -723,7 +820,7 @@ impl ResultCounters {
 
 /// Ends the query when the result stream finishes or is dropped.
 struct StreamGuard {
-    engine: Arc<Engine>,
+    clients: Arc<ClientPool>,
     query: Arc<Query>,
     finished: bool,
 }
@@ -747,11 +844,11 @@ impl StreamGuard {
         let Some(run) = self.query.run_info() else {
             return;
         };
-        let engine = Arc::clone(&self.engine);
+        let clients = Arc::clone(&self.clients);
         let query = Arc::clone(&self.query);
         // Cleanup must outlive the dropped stream, so it is detached on purpose.
         tokio::spawn(async move {
-            scheduler::notify_workers(&engine.clients, &run.workers, &query, cancel).await;
+            scheduler::notify_workers(&clients, &run.workers, &query, cancel).await;
         });
     }
 }

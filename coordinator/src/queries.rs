@@ -61,6 +61,12 @@ pub struct StageProgress {
     /// Task outputs a reader opened, and read to their end.
     pub outputs_opened: u64,
     pub outputs_read: u64,
+    /// Operator metrics of the stage's tasks, summed: CPU time, bytes
+    /// spilled, rows and bytes read from upstream stages.
+    pub compute_nanos: u64,
+    pub spilled_bytes: u64,
+    pub input_rows: u64,
+    pub input_bytes: u64,
 }
 
 /// Progress of a query: per stage, and the fraction of tasks done.
@@ -99,6 +105,10 @@ pub struct Query {
     streams_opened: AtomicUsize,
     /// Resources that live as long as the query runs (exported snapshots).
     held: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
+    /// Keep the text of every stage when it runs (EXPLAIN ANALYZE).
+    pub(crate) describe: std::sync::atomic::AtomicBool,
+    /// Per stage: header, task placement and fragment (when `describe`).
+    pub(crate) stage_blocks: Mutex<Vec<String>>,
     /// The query's trace span; closed when the query ends.
     pub(crate) span: Mutex<Option<tracing::Span>>,
     /// Final statuses of tasks the workers have forgotten: `(worker id,
@@ -231,6 +241,11 @@ impl Query {
         );
     }
 
+    /// Tasks whose final status a worker returned.
+    pub fn ended_task_count(&self) -> usize {
+        self.ended_tasks.lock().len()
+    }
+
     /// Asks the workers for task statuses and sums them per stage (tasks a
     /// worker already forgot count with their final status).
     pub async fn progress(&self, clients: &ClientPool) -> QueryProgress {
@@ -304,6 +319,10 @@ impl Query {
             s.bytes_out += t.bytes_out;
             s.outputs_opened += u64::from(t.outputs_opened);
             s.outputs_read += u64::from(t.outputs_read);
+            s.compute_nanos += t.compute_nanos;
+            s.spilled_bytes += t.spilled_bytes;
+            s.input_rows += t.input_rows;
+            s.input_bytes += t.input_bytes;
             if t.state == TaskState::Failed as i32 && progress.error.is_none() {
                 progress.error = Some(format!(
                     "task {}.{} on worker {worker} at {address} failed: {}",
@@ -346,6 +365,8 @@ impl QueryManager {
             streams_opened: AtomicUsize::new(0),
             held: Mutex::new(Vec::new()),
             span: Mutex::new(None),
+            describe: std::sync::atomic::AtomicBool::new(false),
+            stage_blocks: Mutex::new(Vec::new()),
             ended_tasks: Mutex::new(Vec::new()),
         });
         metrics::counter!(weft_common::telemetry::catalog::QUERIES_STARTED.name).increment(1);

@@ -674,6 +674,10 @@ fn cancel_action(info: arrow_flight::FlightInfo) -> Action {
 /// 3. The distributed plan names every stage with its tasks and workers and
 ///    how it reads the stages below; its stage count and task total equal
 ///    what the query then launches (system.runtime.stages of that query).
+/// 4. EXPLAIN ANALYZE runs it distributed and reports every stage with its
+///    tasks' metrics: every task done, the final stage's output rows equal
+///    the query's result rows, and every stage that reads another one read
+///    rows and bytes from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn explain_shows_the_distributed_plan() {
     let cluster = TestCluster::start(2, options()).await.expect("cluster");
@@ -747,4 +751,53 @@ async fn explain_shows_the_distributed_plan() {
         (stages, tasks),
         "EXPLAIN said:\n{plan}"
     );
+
+    // 4. EXPLAIN ANALYZE.
+    let result_rows: usize = cluster
+        .query(sql)
+        .await
+        .expect("query")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    let batches = cluster
+        .query(&format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .expect("explain analyze");
+    assert_eq!(strings(&batches, 0), vec!["Plan with Metrics"]);
+    let report = strings(&batches, 1)[0].clone();
+    assert!(
+        report.contains(&format!("{result_rows} result row")),
+        "{report}"
+    );
+    let mut stages_seen = 0;
+    let lines: Vec<&str> = report.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(metrics) = line.trim().strip_prefix("metrics: ") else {
+            continue;
+        };
+        stages_seen += 1;
+        let header = lines[i - 1];
+        let number = |after: &str| -> u64 {
+            metrics
+                .split(after)
+                .nth(1)
+                .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no `{after}` in {metrics}"))
+        };
+        let (done, total) = (number("tasks "), number("/"));
+        assert_eq!(done, total, "every task done: {header}\n{metrics}");
+        if header.contains("(final,") {
+            assert_eq!(number("output ") as usize, result_rows, "{report}");
+        }
+        if header.contains(": reads stage") {
+            assert!(number("input ") > 0, "{header} read nothing:\n{report}");
+            assert!(
+                !metrics.contains("rows (0 B)"),
+                "{header}: 0 bytes read:\n{report}"
+            );
+        }
+    }
+    assert_eq!(stages_seen, stages, "{report}");
 }

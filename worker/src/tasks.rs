@@ -203,7 +203,12 @@ impl std::fmt::Debug for OutputStream {
 impl RunningTask {
     pub fn status(&self) -> TaskStatus {
         let (state, error) = self.state.lock().clone();
+        let operators = self.operator_totals();
         TaskStatus {
+            compute_nanos: operators.compute_nanos,
+            spilled_bytes: operators.spilled_bytes,
+            input_rows: operators.input_rows,
+            input_bytes: operators.input_bytes,
             task: Some(self.id.clone()),
             state: state as i32,
             error,
@@ -212,6 +217,28 @@ impl RunningTask {
             outputs_opened: self.outputs_opened.load(Ordering::SeqCst),
             outputs_read: self.outputs_read.load(Ordering::SeqCst),
         }
+    }
+
+    /// The fragment's operator metrics, summed over its operators and
+    /// partitions (what EXPLAIN ANALYZE shows per stage).
+    fn operator_totals(&self) -> OperatorTotals {
+        use weft_common::exchange::{StageReaderExec, BYTES_RECEIVED};
+        let mut totals = OperatorTotals::default();
+        let mut stack: Vec<Arc<dyn ExecutionPlan>> = vec![Arc::clone(&self.plan)];
+        while let Some(node) = stack.pop() {
+            stack.extend(node.children().into_iter().cloned());
+            let Some(m) = node.metrics() else { continue };
+            totals.compute_nanos += m.elapsed_compute().unwrap_or(0) as u64;
+            totals.spilled_bytes += m.spilled_bytes().unwrap_or(0) as u64;
+            if node.downcast_ref::<StageReaderExec>().is_some() {
+                totals.input_rows += m.output_rows().unwrap_or(0) as u64;
+                totals.input_bytes += m
+                    .sum_by_name(BYTES_RECEIVED)
+                    .map(|v| v.as_usize() as u64)
+                    .unwrap_or(0);
+            }
+        }
+        totals
     }
 
     /// Records that a reader drained an exclusive output to its end.
@@ -311,6 +338,14 @@ impl RunningTask {
             }
         }
     }
+}
+
+#[derive(Debug, Default)]
+struct OperatorTotals {
+    compute_nanos: u64,
+    spilled_bytes: u64,
+    input_rows: u64,
+    input_bytes: u64,
 }
 
 /// This worker's outputs as seen by its own tasks' readers.

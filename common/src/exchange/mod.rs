@@ -6,4 +6,4 @@ mod stage_reader;
 
 pub use local::{LocalExchange, LocalOpenError, LocalOutputs};
 pub use partition_subset::PartitionSubsetExec;
-pub use stage_reader::{ReaderMode, StageReaderExec};
+pub use stage_reader::{ReaderMode, StageReaderExec, BYTES_RECEIVED};

@@ -13,7 +13,9 @@ use datafusion::common::{internal_err, plan_err, DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -264,8 +266,11 @@ impl ExecutionPlan for StageReaderExec {
         let sources = self.sources(partition)?;
         let local = context.session_config().get_extension::<LocalExchange>();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
+        // What this partition received from upstream tasks (EXPLAIN ANALYZE).
+        let received_bytes = MetricBuilder::new(&self.metrics).counter(BYTES_RECEIVED, partition);
         let mut builder = RecordBatchReceiverStreamBuilder::new(Arc::clone(&self.schema), 2);
         for (location, output) in sources {
+            let received_bytes = received_bytes.clone();
             let tx = builder.tx();
             let task = TaskId {
                 query_id: self.query_id.clone(),
@@ -290,7 +295,7 @@ impl ExecutionPlan for StageReaderExec {
                 let span = span(LOCAL);
                 builder.spawn(
                     async move {
-                        let received = Received::new(LOCAL);
+                        let received = Received::new(LOCAL, received_bytes.clone());
                         let mut waited = std::time::Instant::now();
                         let mut stream = open_local(&local, &task, output, stage_id).await?;
                         while let Some(batch) = stream.next().await {
@@ -336,7 +341,7 @@ impl ExecutionPlan for StageReaderExec {
                     }
                 };
                 let mut client = client;
-                let received = Received::new(FLIGHT);
+                let received = Received::new(FLIGHT, received_bytes.clone());
                 let mut waited = std::time::Instant::now();
                 // The coordinator launches every stage at once, so the
                 // upstream task may not be registered yet: retry briefly.
@@ -399,12 +404,17 @@ impl ExecutionPlan for StageReaderExec {
     }
 }
 
+/// Name of the reader's operator metric counting bytes received.
+pub const BYTES_RECEIVED: &str = "bytes_received";
+
 const FLIGHT: &str = "flight";
 const LOCAL: &str = "local";
 
 /// Counts what one upstream stream delivers to a reader (the
 /// `weft_worker_exchange_received_*` metrics).
 struct Received {
+    /// The operator's own metric (EXPLAIN ANALYZE).
+    operator_bytes: datafusion::physical_plan::metrics::Count,
     bytes: metrics::Counter,
     batches: metrics::Counter,
     rows: metrics::Counter,
@@ -412,9 +422,13 @@ struct Received {
 }
 
 impl Received {
-    fn new(transport: &'static str) -> Self {
+    fn new(
+        transport: &'static str,
+        operator_bytes: datafusion::physical_plan::metrics::Count,
+    ) -> Self {
         use crate::telemetry::catalog::*;
         Self {
+            operator_bytes,
             bytes: metrics::counter!(EXCHANGE_RECEIVED_BYTES.name, "transport" => transport),
             batches: metrics::counter!(EXCHANGE_RECEIVED_BATCHES.name, "transport" => transport),
             rows: metrics::counter!(EXCHANGE_RECEIVED_ROWS.name, "transport" => transport),
@@ -427,6 +441,7 @@ impl Received {
     /// consumer does not count as waiting for the producer).
     fn batch(&self, waited: std::time::Instant, rows: usize, bytes: usize) {
         self.wait.record(waited.elapsed().as_secs_f64());
+        self.operator_bytes.add(bytes);
         self.bytes.increment(bytes as u64);
         self.batches.increment(1);
         self.rows.increment(rows as u64);

@@ -4,6 +4,9 @@
 //! task runs on the reader's worker), and each stage's fragment, where a
 //! remote scan shows the SQL its source runs.
 //!
+//! `EXPLAIN ANALYZE` runs the query distributed and prints the same stages
+//! with their tasks' metrics merged (see [`analyzed`]).
+//!
 //! ```text
 //! 3 stages, 9 tasks on 2 workers
 //!
@@ -22,23 +25,44 @@ use weft_common::exchange::ReaderMode;
 use weft_common::registry::WorkerInfo;
 
 use super::stages::{collect_readers, StageGraph, StageKind};
+use crate::queries::QueryProgress;
 
 /// Renders `graph`, placed as `placement` (worker of every task of every
 /// stage), final stage first; `verbose` (EXPLAIN VERBOSE) shows operators in
 /// full (a remote scan's whole SQL instead of shortened IN lists).
 pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>], verbose: bool) -> String {
+    let mut out = summary(graph, placement);
+    for block in stage_blocks(graph, placement, verbose).iter().rev() {
+        out.push('\n');
+        out.push_str(block);
+    }
+    out
+}
+
+fn summary(graph: &StageGraph, placement: &[Vec<WorkerInfo>]) -> String {
     let tasks: usize = graph.stages.iter().map(|s| s.tasks).sum();
     let workers: std::collections::BTreeSet<&str> =
         placement.iter().flatten().map(|w| w.id.as_str()).collect();
-    let mut out = format!(
+    format!(
         "{} stage{}, {tasks} task{} on {} worker{}\n",
         graph.stages.len(),
         plural(graph.stages.len()),
         plural(tasks),
         workers.len(),
         plural(workers.len())
-    );
-    for stage in graph.stages.iter().rev() {
+    )
+}
+
+/// One block per stage, indexed by stage id: a header line (kind, tasks,
+/// what it reads and how), a line per worker with its tasks, the fragment.
+pub fn stage_blocks(
+    graph: &StageGraph,
+    placement: &[Vec<WorkerInfo>],
+    verbose: bool,
+) -> Vec<String> {
+    let mut blocks = Vec::with_capacity(graph.stages.len());
+    for stage in &graph.stages {
+        let mut out = String::new();
         let kind = match stage.kind {
             StageKind::Shuffle => format!(
                 "shuffle into {} buckets",
@@ -54,7 +78,7 @@ pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>], verbose: bool) 
         };
         let _ = write!(
             out,
-            "\nStage {} ({kind}, {} task{}",
+            "Stage {} ({kind}, {} task{}",
             stage.id,
             stage.tasks,
             plural(stage.tasks)
@@ -113,8 +137,73 @@ pub fn render(graph: &StageGraph, placement: &[Vec<WorkerInfo>], verbose: bool) 
         {
             let _ = writeln!(out, "  {line}");
         }
+        blocks.push(out);
+    }
+    blocks
+}
+
+/// EXPLAIN ANALYZE's report: the query's totals, then every stage (final
+/// first) with its tasks' metrics merged: output rows and bytes, CPU time
+/// of its operators, rows and bytes read from the stages below, spill.
+pub fn analyzed(
+    query_id: &str,
+    blocks: &[String],
+    progress: &QueryProgress,
+    result_rows: u64,
+    result_bytes: u64,
+    elapsed: std::time::Duration,
+) -> String {
+    let tasks: usize = progress.stages.iter().map(|s| s.tasks_total).sum();
+    let mut out = format!(
+        "query {query_id}: {} stage{}, {tasks} task{}, {} ms, {result_rows} result row{} ({})\n",
+        progress.stages.len(),
+        plural(progress.stages.len()),
+        plural(tasks),
+        elapsed.as_millis(),
+        plural(result_rows as usize),
+        bytes(result_bytes)
+    );
+    for stage in progress.stages.iter().rev() {
+        let block = blocks
+            .get(stage.stage_id as usize)
+            .map(String::as_str)
+            .unwrap_or("");
+        let mut lines = block.lines();
+        out.push('\n');
+        out.push_str(lines.next().unwrap_or(&format!("Stage {}", stage.stage_id)));
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "  metrics: tasks {}/{} done{}, output {} rows ({}), compute {:.1} ms, input {} rows ({}), spilled {}",
+            stage.tasks_done,
+            stage.tasks_total,
+            if stage.tasks_failed > 0 {
+                format!(", {} failed", stage.tasks_failed)
+            } else {
+                String::new()
+            },
+            stage.rows_out,
+            bytes(stage.bytes_out),
+            stage.compute_nanos as f64 / 1e6,
+            stage.input_rows,
+            bytes(stage.input_bytes),
+            bytes(stage.spilled_bytes),
+        );
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
     }
     out
+}
+
+fn bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
 }
 
 fn plural(n: usize) -> &'static str {
