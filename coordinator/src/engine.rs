@@ -171,8 +171,6 @@ impl Engine {
         sql: &str,
         analyze: &datafusion::logical_expr::Analyze,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, DataFusionError> {
-        use arrow::array::StringArray;
-        use datafusion::datasource::memory::MemorySourceConfig;
         let parsed = datafusion::sql::parser::DFParser::parse_sql(sql)?;
         let inner = match parsed.front() {
             Some(datafusion::sql::parser::Statement::Explain(e)) => e.statement.to_string(),
@@ -219,19 +217,7 @@ impl Engine {
         let blocks = query.stage_blocks.lock().clone();
         let text =
             crate::planner::explain::analyzed(&query.id, &blocks, &progress, rows, bytes, elapsed);
-        let schema = Arc::new(analyze.schema.as_arrow().clone());
-        let batch = arrow::record_batch::RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(StringArray::from(vec!["Plan with Metrics"])),
-                Arc::new(StringArray::from(vec![text])),
-            ],
-        )?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            schema,
-            None,
-        )?)
+        text_rows(analyze.schema.as_arrow(), &[("Plan with Metrics", text)])
     }
 
     /// `EXPLAIN`: DataFusion's logical and physical plans, and the
@@ -243,8 +229,6 @@ impl Engine {
         ctx: &SessionContext,
         explain: &datafusion::logical_expr::Explain,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, DataFusionError> {
-        use arrow::array::StringArray;
-        use datafusion::datasource::memory::MemorySourceConfig;
         use datafusion::physical_plan::displayable;
         let state = ctx.state();
         let logical = state.optimize(&explain.plan)?;
@@ -274,21 +258,7 @@ impl Engine {
                 crate::planner::explain::render(&graph, &placement, explain.verbose),
             ),
         ];
-        let schema = Arc::new(explain.schema.as_arrow().clone());
-        let batch = arrow::record_batch::RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|r| r.1.as_str()),
-                )),
-            ],
-        )?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            schema,
-            None,
-        )?)
+        text_rows(explain.schema.as_arrow(), &rows)
     }
 
     /// The schema `sql` will return, without running anything: DDL such as
@@ -879,6 +849,30 @@ pub fn delivered_schema(schema: &arrow::datatypes::SchemaRef) -> arrow::datatype
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// An in-memory scan of `(plan_type, plan)` rows, for EXPLAIN's answers.
+fn text_rows(
+    schema: &arrow::datatypes::Schema,
+    rows: &[(&str, String)],
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, DataFusionError> {
+    use arrow::array::StringArray;
+    use datafusion::datasource::memory::MemorySourceConfig;
+    let schema = Arc::new(schema.clone());
+    let batch = arrow::record_batch::RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
+        ],
+    )?;
+    Ok(MemorySourceConfig::try_new_exec(
+        &[vec![batch]],
+        schema,
+        None,
+    )?)
 }
 
 /// Results leave Weft with `Utf8` / `Binary` instead of view types, which many

@@ -319,6 +319,23 @@ pub fn tpch_dir(scale: f64, files: usize) -> &'static Path {
     path
 }
 
+/// Single-node DataFusion over the TPC-H tables of `dir` (2 partitions):
+/// the independent answer the distributed results are checked against.
+pub async fn tpch_single_node(dir: &Path) -> datafusion::prelude::SessionContext {
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    for t in weft_common::sample::TPCH_TABLES {
+        ctx.register_parquet(
+            t,
+            dir.join(t).to_string_lossy().as_ref(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .expect("register table");
+    }
+    ctx
+}
+
 /// A catalog file with one `files` catalog named `name`, the default.
 pub fn files_catalog(name: &str, path: &Path) -> CatalogsConfig {
     let mut c = CatalogsConfig::default();

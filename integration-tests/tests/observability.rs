@@ -24,8 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use weft_common::sample::TPCH_TABLES;
+use datafusion::prelude::SessionContext;
 use weft_integration_tests::process::{http_get, ProcessCluster, ProcessOptions};
 use weft_integration_tests::prometheus::Prometheus;
 use weft_integration_tests::{
@@ -37,20 +36,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-async fn single_node(dir: &Path) -> SessionContext {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-    for t in TPCH_TABLES {
-        ctx.register_parquet(
-            t,
-            dir.join(t).to_string_lossy().as_ref(),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .expect("register table");
-    }
-    ctx
 }
 
 async fn df_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
@@ -252,7 +237,7 @@ async fn scenario() {
     .await;
     let started_before = sum_or_zero(&prom, "sum(weft_coordinator_queries_started_total)").await;
 
-    let reference = single_node(dir).await;
+    let reference = weft_integration_tests::tpch_single_node(dir).await;
     let mut client = connect(&cluster.flight_url()).await.expect("connect");
     let mut statements = 0u64;
 

@@ -4,28 +4,13 @@
 
 use std::time::Duration;
 
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use weft_common::sample::TPCH_TABLES;
+use datafusion::prelude::SessionContext;
 use weft_integration_tests::{
     canonical_rows, files_catalog, split_statements, tpch_dir, tpch_query, ClusterOptions,
     TestCluster,
 };
 
 const SCALE: f64 = 0.05;
-
-async fn single_node(dir: &std::path::Path) -> SessionContext {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-    for t in TPCH_TABLES {
-        ctx.register_parquet(
-            t,
-            dir.join(t).to_string_lossy().as_ref(),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .expect("register table");
-    }
-    ctx
-}
 
 /// Runs a query script on DataFusion; returns the last statement's rows.
 async fn expected(ctx: &SessionContext, text: &str) -> Vec<String> {
@@ -69,7 +54,7 @@ async fn tpch_22_queries_match_single_node_datafusion() {
         .await
         .expect("cluster start timed out")
         .expect("cluster starts");
-    let reference = single_node(dir).await;
+    let reference = weft_integration_tests::tpch_single_node(dir).await;
     let mut failures = Vec::new();
     for q in 1..=22 {
         let text = tpch_query(q);
