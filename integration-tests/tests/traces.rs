@@ -12,7 +12,9 @@
 //!    the client's trace id, and every parent link resolves to a received
 //!    span or to the client's span; query, task, exchange-read and result
 //!    spans carry `query_id`, `stage`, `task`, `worker`; resources name
-//!    `service.name` and `service.instance.id`.
+//!    `service.name` and `service.instance.id`; with `--trace-operators`
+//!    (here through its environment variable) the workers' operators have
+//!    spans under their tasks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -51,6 +53,8 @@ async fn scenario() {
             env: vec![
                 ("OTEL_BSP_SCHEDULE_DELAY".into(), "60000".into()),
                 ("RUST_LOG".into(), "warn".into()),
+                // Operator spans on the workers (the coordinator ignores it).
+                ("WEFT_TRACE_OPERATORS".into(), "true".into()),
             ],
             args: vec!["--otlp-endpoint".into(), receiver.endpoint()],
             etcd: None,
@@ -192,4 +196,18 @@ async fn scenario() {
             && s.attributes.get("transport").map(String::as_str) == Some("flight")),
         "no exchange read crossed Flight between workers"
     );
+    // --trace-operators: the operators of the tasks' fragments, under their tasks.
+    let by_id: std::collections::HashMap<String, &Received> =
+        spans.iter().map(|s| (hex(&s.span_id), s)).collect();
+    for op in ["HashJoinExec", "AggregateExec", "StageReaderExec"] {
+        let span = spans
+            .iter()
+            .find(|s| s.name == op && s.service == "weft-worker")
+            .unwrap_or_else(|| panic!("no {op} operator span; got {names:?}"));
+        let mut parent = by_id.get(&hex(&span.parent)).copied();
+        while let Some(p) = parent.filter(|p| p.name != "task") {
+            parent = by_id.get(&hex(&p.parent)).copied();
+        }
+        assert!(parent.is_some(), "the {op} span is not under a task span");
+    }
 }

@@ -60,6 +60,8 @@ pub struct WorkerConfig {
     pub catalogs: CatalogsConfig,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None` = no HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// A trace span per operator of every task (deep dives; costs time).
+    pub trace_operators: bool,
 }
 
 impl WorkerConfig {
@@ -74,6 +76,7 @@ impl WorkerConfig {
             id: None,
             catalogs: CatalogsConfig::default(),
             http_listen: None,
+            trace_operators: false,
         }
     }
 }
@@ -150,6 +153,7 @@ impl Worker {
         }
         let tasks = TaskManager::new(id.clone(), address, runtime, codec);
         tasks.set_file_catalogs(&config.catalogs);
+        tasks.set_operator_spans(config.trace_operators);
         // Metrics are recorded only where they are served (see the coordinator).
         let gauges: Arc<dyn GaugeSource> = Arc::new(WorkerGauges {
             tasks: Arc::downgrade(&tasks),

@@ -54,6 +54,10 @@ struct Args {
     /// without it, OTEL_EXPORTER_OTLP_ENDPOINT; neither = no traces.
     #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Also trace every operator of every task (one span per operator with
+    /// its metrics, via datafusion-tracing): for deep dives, it costs time.
+    #[arg(long, env = "WEFT_TRACE_OPERATORS")]
+    trace_operators: bool,
 }
 
 #[tokio::main]
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         config.slots = s;
     }
     config.memory_limit = args.memory_limit;
+    config.trace_operators = args.trace_operators;
     config.catalogs = catalogs;
     config.http_listen =
         weft_common::telemetry::http::http_listen_address(args.http_listen.as_deref(), args.listen)

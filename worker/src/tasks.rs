@@ -82,6 +82,9 @@ pub struct TaskManager {
     launched: AtomicU64,
     /// `(URL prefix, catalog)` of the files catalogs, to attribute scans.
     file_catalogs: Mutex<Vec<(String, String)>>,
+    /// Wrap every operator of a decoded fragment in a trace span
+    /// (`--trace-operators`, datafusion-tracing).
+    operator_spans: AtomicBool,
 }
 
 impl std::fmt::Debug for TaskManager {
@@ -417,6 +420,7 @@ impl TaskManager {
             killed: AtomicBool::new(false),
             launched: AtomicU64::new(0),
             file_catalogs: Mutex::new(Vec::new()),
+            operator_spans: AtomicBool::new(false),
         })
     }
 
@@ -435,6 +439,12 @@ impl TaskManager {
         // The longest prefix wins when one catalog's directory holds another's.
         prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         *self.file_catalogs.lock() = prefixes;
+    }
+
+    /// Operator-level spans for deep dives: every operator of every task's
+    /// fragment gets a span (children of the task's span) with its metrics.
+    pub fn set_operator_spans(&self, on: bool) {
+        self.operator_spans.store(on, Ordering::SeqCst);
     }
 
     /// Whether new tasks are accepted (not stopping, not killed).
@@ -527,8 +537,19 @@ impl TaskManager {
             source,
         };
         let ctx = self.task_context(&request, &id).map_err(plan_err)?;
-        let plan = physical_plan_from_bytes_with_extension_codec(&request.plan, &ctx, &self.codec)
-            .map_err(plan_err)?;
+        let mut plan =
+            physical_plan_from_bytes_with_extension_codec(&request.plan, &ctx, &self.codec)
+                .map_err(plan_err)?;
+        if self.operator_spans.load(Ordering::SeqCst) {
+            let rule = datafusion_tracing::instrument_with_info_spans!(
+                options: datafusion_tracing::InstrumentationOptions::builder()
+                    .record_metrics(true)
+                    .build()
+            );
+            plan = rule
+                .optimize(plan, ctx.session_config().options())
+                .map_err(plan_err)?;
+        }
         let count = plan.output_partitioning().partition_count();
         let replay = request.output_mode == OutputMode::Replay as i32;
 
