@@ -167,6 +167,16 @@ async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")
 }
 
+async fn readyz(State(readiness): State<Arc<dyn Readiness>>) -> impl IntoResponse {
+    match readiness.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,15 +199,5 @@ mod tests {
         assert!(http_listen_address(None, high)
             .unwrap_err()
             .contains("--http-listen"));
-    }
-}
-
-async fn readyz(State(readiness): State<Arc<dyn Readiness>>) -> impl IntoResponse {
-    match readiness.ready().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
-        ),
     }
 }
