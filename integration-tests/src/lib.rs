@@ -336,6 +336,28 @@ pub async fn tpch_single_node(dir: &Path) -> datafusion::prelude::SessionContext
     ctx
 }
 
+/// Runs a query script on DataFusion; returns the last statement's rows
+/// that has columns (q15 is three statements).
+pub async fn single_node_rows(
+    ctx: &datafusion::prelude::SessionContext,
+    text: &str,
+) -> Vec<String> {
+    let mut rows = Vec::new();
+    for s in split_statements(text) {
+        let batches = ctx
+            .sql(&s)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        if !batches.is_empty() && batches[0].num_columns() > 0 {
+            rows = canonical_rows(&batches);
+        }
+    }
+    rows
+}
+
 /// A catalog file with one `files` catalog named `name`, the default.
 pub fn files_catalog(name: &str, path: &Path) -> CatalogsConfig {
     let mut c = CatalogsConfig::default();

@@ -4,31 +4,12 @@
 
 use std::time::Duration;
 
-use datafusion::prelude::SessionContext;
 use weft_integration_tests::{
     canonical_rows, files_catalog, split_statements, tpch_dir, tpch_query, ClusterOptions,
     TestCluster,
 };
 
 const SCALE: f64 = 0.05;
-
-/// Runs a query script on DataFusion; returns the last statement's rows.
-async fn expected(ctx: &SessionContext, text: &str) -> Vec<String> {
-    let mut rows = Vec::new();
-    for s in split_statements(text) {
-        let batches = ctx
-            .sql(&s)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        if !batches.is_empty() && batches[0].num_columns() > 0 {
-            rows = canonical_rows(&batches);
-        }
-    }
-    rows
-}
 
 async fn actual(cluster: &TestCluster, text: &str) -> anyhow::Result<Vec<String>> {
     let mut rows = Vec::new();
@@ -58,7 +39,7 @@ async fn tpch_22_queries_match_single_node_datafusion() {
     let mut failures = Vec::new();
     for q in 1..=22 {
         let text = tpch_query(q);
-        let want = expected(&reference, &text).await;
+        let want = weft_integration_tests::single_node_rows(&reference, &text).await;
         let got = tokio::time::timeout(Duration::from_secs(120), actual(&cluster, &text)).await;
         let got = match got {
             Ok(Ok(rows)) => rows,
