@@ -3,7 +3,7 @@
 //! through the Rust client. ADBC fails any query whose stream schema differs
 //! from the announced one. Table schemas from GetTables (ADBC's
 //! `adbc_get_table_schema`) carry the types results are streamed in, for a
-//! files, a PostgreSQL and a MariaDB catalog (string, numeric, date and
+//! files, a PostgreSQL, a MariaDB and a Flight SQL catalog (string, numeric, date and
 //! fixed-width character columns).
 
 use std::path::Path;
@@ -48,7 +48,24 @@ async fn tpch_through_adbc_flight_sql_driver() {
     )
     .await
     .expect("mysql table");
+    // Another Weft cluster, read through a `flightsql` catalog.
+    let upstream = TestCluster::start(
+        1,
+        ClusterOptions {
+            catalogs: files_catalog("tpch", tpch_dir(0.02, 2)),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("upstream cluster");
     let mut catalogs = files_catalog("tpch", tpch_dir(0.02, 2));
+    catalogs.catalogs.insert(
+        "remote".into(),
+        CatalogConfig::FlightSql(DatabaseConfig::new(SecretUrl::new(format!(
+            "grpc://{}",
+            upstream.coordinator.addr()
+        )))),
+    );
     catalogs.catalogs.insert(
         "pg".into(),
         CatalogConfig::Postgres(pg::postgres_catalog(&pg_url)),
@@ -86,6 +103,7 @@ async fn tpch_through_adbc_flight_sql_driver() {
     .collect();
     tables.push("pg.public.people".into());
     tables.push(format!("my.{my_db}.people"));
+    tables.push("remote.public.nation".into());
     for t in &tables {
         expected.push(format!("schema {t} ok"));
     }
