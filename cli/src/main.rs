@@ -207,9 +207,12 @@ async fn local(
     );
     println!("press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
-    coordinator.shutdown().await;
+    // Running queries get a few seconds (then they are cancelled and the
+    // workers have nothing left to drain).
+    let grace = std::time::Duration::from_secs(10);
+    coordinator.drain(grace).await;
     for w in handles {
-        w.shutdown().await;
+        w.drain(grace).await;
     }
     Ok(())
 }

@@ -25,6 +25,20 @@ pub mod actions {
     pub const QUERY_STATUS: &str = "weft.query_status";
 }
 
+/// gRPC metadata a worker sets on a refused launch: `draining` means it is
+/// stopping gracefully and the task should be placed elsewhere.
+pub const REFUSAL_METADATA: &str = "weft-refusal";
+/// [`REFUSAL_METADATA`] value of a draining worker.
+pub const REFUSAL_DRAINING: &str = "draining";
+
+/// Whether `status` is a launch refused by a draining worker (retry elsewhere).
+pub fn is_draining_refusal(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(REFUSAL_METADATA)
+        .is_some_and(|v| v.as_bytes() == REFUSAL_DRAINING.as_bytes())
+}
+
 /// Largest gRPC message Weft accepts (plans and large batches).
 pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 

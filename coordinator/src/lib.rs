@@ -48,6 +48,10 @@ use weft_connectors::Connectors;
 
 pub use engine::{Engine, EngineSettings};
 
+/// How long a stopping coordinator lets running queries finish, by default
+/// (`weft-coordinator --drain-timeout`).
+pub const DEFAULT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Coordinator settings (mirrors the `weft-coordinator` flags).
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -240,7 +244,7 @@ impl GaugeSource for CoordinatorGauges {
         out.push((metric::WORKERS_LIVE.name, members.len() as f64));
         out.push((
             metric::SLOTS_TOTAL.name,
-            scheduler::total_slots(&members) as f64,
+            scheduler::total_slots(&scheduler::schedulable(&members)) as f64,
         ));
         out.push((metric::SLOTS_USED.name, slots_used as f64));
     }
@@ -259,11 +263,19 @@ impl Readiness for CoordinatorReadiness {
         let Some(engine) = self.engine.upgrade() else {
             return Err("the coordinator is stopped".into());
         };
+        if engine.is_draining() {
+            return Err(
+                "the coordinator is shutting down: it refuses new queries and finishes the running ones".into(),
+            );
+        }
         if let Some(registry) = &self.registry {
             registry.health().await?;
         }
         if engine.members.borrow().is_empty() {
             return Err("no live workers: start weft-worker processes with the same --etcd and --etcd-prefix".into());
+        }
+        if engine.schedulable_workers().is_empty() {
+            return Err("every live worker is draining (shutting down): no new task can be placed".into());
         }
         Ok(())
     }
@@ -306,6 +318,38 @@ impl CoordinatorHandle {
         self.http.as_ref().map(HttpServer::addr)
     }
 
+    /// Graceful stop (SIGTERM): refuse new queries (`Unavailable`, and
+    /// `/readyz` not-ready so the Service stops sending clients here), let
+    /// the running ones finish and their results be read for up to
+    /// `timeout`, then stop.
+    pub async fn drain(self, timeout: std::time::Duration) {
+        self.engine.start_draining();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let active = || self.engine.queries.active().len();
+        if active() > 0 {
+            tracing::info!(
+                queries = active(),
+                timeout_secs = timeout.as_secs(),
+                "draining: waiting for running queries"
+            );
+        }
+        while active() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if active() > 0 {
+            tracing::warn!(
+                queries = active(),
+                "drain timeout ({}s) passed with queries still running; they are cancelled (raise --drain-timeout)",
+                timeout.as_secs()
+            );
+            for q in self.engine.queries.active() {
+                let _ = self.engine.cancel(&q.id).await;
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Stops serving at once (running queries lose their result streams).
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

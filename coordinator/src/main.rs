@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use weft_common::config::CatalogsConfig;
-use weft_common::registry::{EtcdRegistry, EtcdSettings, Registry};
+use weft_common::registry::{EtcdArgs, EtcdRegistry, Registry};
 use weft_common::telemetry::traces::TracingOptions;
 use weft_coordinator::{Coordinator, CoordinatorConfig};
 
@@ -19,9 +19,8 @@ struct Args {
     /// Address to serve Flight SQL on.
     #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:50050")]
     listen: SocketAddr,
-    /// etcd endpoints, comma separated (e.g. http://127.0.0.1:2379).
-    #[arg(long, env = "WEFT_ETCD", value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Catalog file (TOML) describing the data sources.
     #[arg(long, env = "WEFT_CATALOGS")]
     catalogs: PathBuf,
@@ -34,10 +33,6 @@ struct Args {
     /// Compression of Arrow IPC between nodes: none, lz4 or zstd.
     #[arg(long, env = "WEFT_EXCHANGE_COMPRESSION", default_value = "none", value_parser = ["none", "lz4", "zstd"])]
     exchange_compression: String,
-    /// etcd key prefix of this cluster's worker registrations (clusters
-    /// sharing one etcd use different prefixes).
-    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = weft_common::registry::WORKERS_PREFIX)]
-    etcd_prefix: String,
     /// Seconds after which a query whose results nobody started reading is cancelled.
     #[arg(long, env = "WEFT_RESULT_TIMEOUT", default_value_t = 300)]
     result_timeout: u64,
@@ -56,9 +51,6 @@ struct Args {
     /// Seconds a query may wait in the queue before it fails.
     #[arg(long, env = "WEFT_QUEUE_TIMEOUT", default_value_t = 300)]
     queue_timeout: u64,
-    /// Seconds to keep retrying etcd at startup.
-    #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
-    etcd_connect_timeout: u64,
     /// HOST:PORT of the HTTP server for /metrics, /healthz and /readyz
     /// (default: the --listen host with its port + 1000, e.g. 51050; `none`
     /// turns it off).
@@ -68,6 +60,10 @@ struct Args {
     /// without it, OTEL_EXPORTER_OTLP_ENDPOINT; neither = no traces.
     #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Seconds a stopping coordinator (SIGTERM) lets running queries finish
+    /// (it refuses new ones and reports not-ready meanwhile) before it exits.
+    #[arg(long, env = "WEFT_DRAIN_TIMEOUT", default_value_t = weft_coordinator::DEFAULT_DRAIN_TIMEOUT.as_secs())]
+    drain_timeout: u64,
 }
 
 #[tokio::main]
@@ -85,10 +81,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .map_err(anyhow::Error::msg)?;
     let catalogs = CatalogsConfig::load(&args.catalogs)?;
-    let mut settings = EtcdSettings::new(args.etcd.clone());
-    settings.prefix = args.etcd_prefix.clone();
-    let registry =
-        EtcdRegistry::connect(settings, Duration::from_secs(args.etcd_connect_timeout)).await?;
+    let settings = args.etcd.settings().map_err(anyhow::Error::msg)?;
+    let registry = EtcdRegistry::connect(settings, args.etcd.connect_timeout()).await?;
     registry.start_watch().await?;
     let members = registry.members();
     let mut config = CoordinatorConfig::new(args.listen, catalogs);
@@ -119,8 +113,11 @@ async fn main() -> anyhow::Result<()> {
         println!("weft-coordinator serving /metrics, /healthz, /readyz at http://{http}");
     }
     weft_common::telemetry::shutdown_signal().await;
-    tracing::info!("shutting down");
-    coordinator.shutdown().await;
+    tracing::info!(
+        drain_timeout_secs = args.drain_timeout,
+        "shutting down: refusing new queries, letting running ones finish"
+    );
+    coordinator.drain(Duration::from_secs(args.drain_timeout)).await;
     drop(registry);
     // Pending spans leave before the process does.
     tracing.shutdown();

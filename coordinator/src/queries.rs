@@ -241,6 +241,12 @@ impl Query {
         );
     }
 
+    /// Drops the recorded final statuses (tasks of a launch that was
+    /// cancelled and placed again: they are not part of the query's result).
+    pub fn forget_ended_tasks(&self) {
+        self.ended_tasks.lock().clear();
+    }
+
     /// Tasks whose final status a worker returned.
     pub fn ended_task_count(&self) -> usize {
         self.ended_tasks.lock().len()

@@ -37,8 +37,20 @@ pub enum ScheduleError {
         address: String,
         message: String,
     },
+    #[error("cannot launch task {task} on worker {worker} at {address}: the worker is draining (shutting down)")]
+    Draining {
+        task: TaskId,
+        worker: String,
+        address: String,
+    },
     #[error("cannot encode the plan of stage {stage}: {message}")]
     Encode { stage: u32, message: String },
+}
+
+/// The members new tasks may be placed on: every worker that is not
+/// draining.
+pub fn schedulable(workers: &[WorkerInfo]) -> Vec<WorkerInfo> {
+    workers.iter().filter(|w| w.schedulable()).cloned().collect()
 }
 
 /// Total task slots of the given workers.
@@ -148,7 +160,17 @@ pub async fn launch_all(
                     address: worker.address.clone(),
                     message,
                 };
-                let body = result.map_err(|s| launch_err(s.message().to_string()))?;
+                let body = result.map_err(|s| {
+                    if weft_common::flight::is_draining_refusal(&s) {
+                        ScheduleError::Draining {
+                            task: task.clone(),
+                            worker: worker.id.clone(),
+                            address: worker.address.clone(),
+                        }
+                    } else {
+                        launch_err(s.message().to_string())
+                    }
+                })?;
                 let reply =
                     LaunchTaskResult::decode(body).map_err(|e| launch_err(e.to_string()))?;
                 if reply.output_partitions as usize != expected {
@@ -161,8 +183,24 @@ pub async fn launch_all(
             });
         }
     }
-    futures::future::try_join_all(launches).await?;
-    Ok(locations)
+    // Every launch is answered before returning, so a caller that cancels
+    // the query after an error cancels every task that was accepted. A
+    // refusal by a draining worker is reported only when nothing else
+    // failed (it is the one error the caller recovers from).
+    let mut draining = None;
+    for result in futures::future::join_all(launches).await {
+        match result {
+            Ok(()) => {}
+            Err(e @ ScheduleError::Draining { .. }) => {
+                draining.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match draining {
+        Some(e) => Err(e),
+        None => Ok(locations),
+    }
 }
 
 /// Tells every worker to stop (`cancel`) or forget (`release`) a query's

@@ -3,7 +3,7 @@
 //! ```sql
 //! SELECT * FROM system.runtime.queries;   -- every query of the last 10 minutes
 //! SELECT * FROM system.runtime.stages WHERE query_id = '...';
-//! SELECT * FROM system.runtime.workers;   -- the membership the scheduler uses
+//! SELECT * FROM system.runtime.workers;   -- the membership (state: active, or draining = no new tasks)
 //! ```
 //!
 //! Each scan asks the workers for the task states of the queries it lists
@@ -124,6 +124,7 @@ impl RuntimeTable {
                 Field::new("address", DataType::Utf8, false),
                 Field::new("slots", DataType::UInt32, false),
                 Field::new("version", DataType::Utf8, false),
+                Field::new("state", DataType::Utf8, false),
             ],
         };
         Arc::new(Schema::new(fields))
@@ -146,17 +147,20 @@ impl RuntimeTableProvider {
                 let mut address = StringBuilder::new();
                 let mut slots = UInt32Builder::new();
                 let mut version = StringBuilder::new();
+                let mut state = StringBuilder::new();
                 for w in members.iter() {
                     id.append_value(&w.id);
                     address.append_value(&w.address);
                     slots.append_value(w.slots);
                     version.append_value(&w.version);
+                    state.append_value(if w.draining { "draining" } else { "active" });
                 }
                 vec![
                     Arc::new(id.finish()),
                     Arc::new(address.finish()),
                     Arc::new(slots.finish()),
                     Arc::new(version.finish()),
+                    Arc::new(state.finish()),
                 ]
             }
             RuntimeTable::Queries | RuntimeTable::Stages => {

@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chart;
 pub mod mysql;
 pub mod otlp;
 pub mod pg;

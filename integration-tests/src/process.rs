@@ -222,7 +222,7 @@ impl ProcessCluster {
             .arg("--lease-ttl")
             .arg("3")
             .args(&self.options.args);
-        let node = spawn(cmd, &self.options.env, name, log, flight, http)?;
+        let node = spawn_node(cmd, &self.options.env, name, log, flight, http)?;
         self.workers.push(node);
         let node = &self.workers[i];
         self.wait_ready(node).await?;
@@ -322,7 +322,7 @@ fn start_coordinator(
         .arg("--catalogs")
         .arg(dir.join("catalogs.toml"))
         .args(&options.args);
-    spawn(
+    spawn_node(
         cmd,
         &options.env,
         "coordinator".into(),
@@ -340,7 +340,8 @@ fn http_flag(options: &ProcessOptions, http: SocketAddr) -> String {
     }
 }
 
-fn spawn(
+/// Starts `cmd` with `env` added, its output in `log`.
+pub fn spawn_node(
     mut cmd: Command,
     env: &[(String, String)],
     name: String,

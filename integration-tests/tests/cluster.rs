@@ -76,6 +76,41 @@ async fn killed_worker_leaves_and_new_worker_is_used() {
     );
 }
 
+/// A worker that starts draining races with a query being placed:
+/// 1. Worker 1 refuses new tasks before its draining flag reaches the
+///    coordinator (its registration still says active), as in the instant
+///    after SIGTERM.
+/// 2. Queries with tasks on every worker still answer right: the refused
+///    launch makes the coordinator cancel the placement and place it again
+///    without that worker.
+/// 3. Worker 1 ran none of their tasks; the others did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_launch_refused_by_a_draining_worker_is_placed_again() {
+    let cluster = TestCluster::start(3, options()).await.expect("cluster");
+    let sql = "SELECT l_returnflag, count(*) FROM lineitem GROUP BY l_returnflag ORDER BY 1";
+    let want = cluster.query(sql).await.expect("query");
+    let draining = cluster.worker(1).expect("worker 1");
+    // 1.
+    draining.tasks().stop_accepting();
+    let before = draining.tasks().launched();
+    // 2.
+    for _ in 0..3 {
+        let got = cluster.query(sql).await.expect("query placed again");
+        assert_eq!(
+            weft_integration_tests::canonical_rows(&got),
+            weft_integration_tests::canonical_rows(&want)
+        );
+    }
+    // 3.
+    assert_eq!(draining.tasks().launched(), before, "the draining worker ran a task");
+    let busy: u64 = cluster
+        .live_workers()
+        .filter(|w| w.id() != draining.id())
+        .map(|w| w.tasks().launched())
+        .sum();
+    assert!(busy > 0);
+}
+
 fn cluster_ttl() -> u64 {
     ClusterOptions::default().lease_ttl_secs as u64
 }

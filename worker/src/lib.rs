@@ -42,8 +42,9 @@ use weft_connectors::Connectors;
 pub use service::WorkerService;
 pub use tasks::TaskManager;
 
-/// How long a gracefully stopping worker waits for its running tasks.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a draining worker waits, by default, for its tasks to finish and
+/// their outputs to be read (`weft-worker --drain-timeout`).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Worker settings (mirrors the `weft-worker` flags).
 #[derive(Debug, Clone)]
@@ -137,6 +138,7 @@ impl Worker {
             address: address.clone(),
             slots: config.slots.max(1),
             version: weft_common::VERSION.to_string(),
+            draining: false,
         };
         let (connectors, errors) = Connectors::from_config(&config.catalogs);
         for e in errors {
@@ -230,18 +232,59 @@ impl WorkerHandle {
         self.http.as_ref().map(HttpServer::addr)
     }
 
-    /// Graceful stop (SIGTERM): leave the membership at once, accept no new
-    /// tasks, let running tasks finish (up to [`SHUTDOWN_GRACE`]), then stop.
-    pub async fn shutdown(mut self) {
+    /// [`WorkerHandle::drain`] with [`DEFAULT_DRAIN_TIMEOUT`].
+    pub async fn shutdown(self) {
+        self.drain(DEFAULT_DRAIN_TIMEOUT).await;
+    }
+
+    /// Graceful stop (SIGTERM, scale-down). In order:
+    /// 1. refuse new tasks (a launch gets `Unavailable` marked
+    ///    [`weft_common::flight::REFUSAL_DRAINING`], so the coordinator
+    ///    places the query elsewhere) and turn `/readyz` not-ready;
+    /// 2. mark the registration draining, so schedulers stop placing tasks
+    ///    here while the worker stays a member (its outputs stay readable and
+    ///    its queries are not failed as "worker lost");
+    /// 3. keep running and serving until every task is released by its
+    ///    coordinator (the query finished or was cancelled: its outputs were
+    ///    read), or `timeout` passes;
+    /// 4. leave the membership (lease revoked) and stop serving.
+    pub async fn drain(mut self, timeout: Duration) {
+        let started = tokio::time::Instant::now();
+        self.tasks.stop_accepting();
+        if let Some(r) = &self.registration {
+            if let Err(e) = r.set_draining().await {
+                tracing::warn!("announcing the drain: {e}; launches are refused anyway");
+            }
+        }
+        tracing::info!(
+            worker = %self.info.id,
+            tasks = self.tasks.task_count(),
+            timeout_secs = timeout.as_secs(),
+            "draining: accepting no new tasks, finishing the running ones"
+        );
+        let deadline = started + timeout;
+        while self.tasks.task_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = self.tasks.task_count();
+        if left > 0 {
+            tracing::warn!(
+                worker = %self.info.id,
+                tasks = left,
+                "drain timeout ({}s) passed with tasks still held; their queries will fail (raise --drain-timeout)",
+                timeout.as_secs()
+            );
+        } else {
+            tracing::info!(
+                worker = %self.info.id,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "drained: every task finished and its outputs were read"
+            );
+        }
         if let Some(r) = self.registration.take() {
             if let Err(e) = r.revoke().await {
                 tracing::warn!("{e}");
             }
-        }
-        self.tasks.stop_accepting();
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.tasks.running_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use weft_common::config::CatalogsConfig;
-use weft_common::registry::{EtcdRegistry, EtcdSettings};
+use weft_common::registry::{EtcdArgs, EtcdRegistry};
 use weft_common::telemetry::traces::TracingOptions;
-use weft_worker::{parse_size, Worker, WorkerConfig};
+use weft_worker::{parse_size, Worker, WorkerConfig, DEFAULT_DRAIN_TIMEOUT};
 
 /// Weft worker: registers in etcd under a lease, runs plan fragments and
 /// serves their outputs over Arrow Flight.
@@ -23,9 +23,8 @@ struct Args {
     /// the listen address. Needed when listening on 0.0.0.0.
     #[arg(long, env = "WEFT_ADVERTISE")]
     advertise: Option<String>,
-    /// etcd endpoints, comma separated (e.g. http://127.0.0.1:2379).
-    #[arg(long, env = "WEFT_ETCD", value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Catalog file (TOML) describing the data sources.
     #[arg(long, env = "WEFT_CATALOGS")]
     catalogs: PathBuf,
@@ -38,13 +37,6 @@ struct Args {
     /// Lease TTL in seconds: a dead worker leaves the cluster within it.
     #[arg(long, env = "WEFT_LEASE_TTL", default_value_t = 5)]
     lease_ttl: i64,
-    /// etcd key prefix of this cluster's worker registrations (clusters
-    /// sharing one etcd use different prefixes).
-    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = weft_common::registry::WORKERS_PREFIX)]
-    etcd_prefix: String,
-    /// Seconds to keep retrying etcd at startup.
-    #[arg(long, env = "WEFT_ETCD_CONNECT_TIMEOUT", default_value_t = 60)]
-    etcd_connect_timeout: u64,
     /// HOST:PORT of the HTTP server for /metrics, /healthz and /readyz
     /// (default: the --listen host with its port + 1000, e.g. 51051; `none`
     /// turns it off).
@@ -58,6 +50,11 @@ struct Args {
     /// its metrics, via datafusion-tracing): for deep dives, it costs time.
     #[arg(long, env = "WEFT_TRACE_OPERATORS")]
     trace_operators: bool,
+    /// Seconds a stopping worker (SIGTERM) waits for its tasks to finish and
+    /// their outputs to be read before it leaves; no new task is placed on
+    /// it meanwhile. Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "WEFT_DRAIN_TIMEOUT", default_value_t = DEFAULT_DRAIN_TIMEOUT.as_secs())]
+    drain_timeout: u64,
 }
 
 #[tokio::main]
@@ -77,11 +74,9 @@ async fn main() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     // Validated at startup so a bad file fails here, not in the middle of a query.
     let catalogs = CatalogsConfig::load(&args.catalogs)?;
-    let mut settings = EtcdSettings::new(args.etcd.clone());
+    let mut settings = args.etcd.settings().map_err(anyhow::Error::msg)?;
     settings.lease_ttl_secs = args.lease_ttl;
-    settings.prefix = args.etcd_prefix.clone();
-    let registry =
-        EtcdRegistry::connect(settings, Duration::from_secs(args.etcd_connect_timeout)).await?;
+    let registry = EtcdRegistry::connect(settings, args.etcd.connect_timeout()).await?;
     let mut config = WorkerConfig::new(args.listen);
     config.id = Some(id);
     config.advertise = args.advertise;
@@ -107,8 +102,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     weft_common::telemetry::shutdown_signal().await;
-    tracing::info!("shutting down: leaving the cluster and finishing running tasks");
-    worker.shutdown().await;
+    tracing::info!(
+        drain_timeout_secs = args.drain_timeout,
+        "shutting down: draining (no new tasks; running ones finish and are read), then leaving the cluster"
+    );
+    worker.drain(Duration::from_secs(args.drain_timeout)).await;
     // Pending spans leave before the process does.
     tracing.shutdown();
     Ok(())

@@ -38,9 +38,17 @@ impl From<TaskError> for Status {
     fn from(e: TaskError) -> Self {
         let message = e.to_string();
         match e {
-            TaskError::ShuttingDown { .. } | TaskError::Killed { .. } => {
-                Status::unavailable(message)
+            TaskError::ShuttingDown { .. } => {
+                let mut status = Status::unavailable(message);
+                status.metadata_mut().insert(
+                    weft_common::flight::REFUSAL_METADATA,
+                    tonic::metadata::MetadataValue::from_static(
+                        weft_common::flight::REFUSAL_DRAINING,
+                    ),
+                );
+                status
             }
+            TaskError::Killed { .. } => Status::unavailable(message),
             TaskError::Duplicate { .. } => Status::already_exists(message),
             TaskError::NotFound { .. } => Status::not_found(message),
             TaskError::NoSuchOutput { .. } => Status::out_of_range(message),

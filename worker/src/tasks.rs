@@ -37,7 +37,7 @@ const EXCLUSIVE_BUFFER_BATCHES: usize = 4;
 /// Errors of the task manager, mapped to gRPC statuses by the service.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
-    #[error("worker {worker} is shutting down and accepts no new tasks")]
+    #[error("worker {worker} is draining (shutting down) and accepts no new tasks")]
     ShuttingDown { worker: String },
     #[error("task {task} already exists on worker {worker}")]
     Duplicate { task: TaskId, worker: String },

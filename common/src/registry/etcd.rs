@@ -15,7 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use std::path::PathBuf;
+
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
+    WatchOptions,
+};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,6 +40,64 @@ pub struct EtcdSettings {
     /// Key prefix of worker registrations; clusters sharing one etcd use
     /// different prefixes.
     pub prefix: String,
+    /// TLS towards etcd (`https://` endpoints).
+    pub tls: Option<EtcdTls>,
+    /// etcd user authentication.
+    pub auth: Option<EtcdAuth>,
+}
+
+/// Files of a TLS connection to etcd: the CA that signed etcd's server
+/// certificate and, for client-certificate authentication, this node's
+/// certificate and key (PEM).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// etcd user and password (`etcdctl user add`).
+#[derive(Clone)]
+pub struct EtcdAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl EtcdTls {
+    fn options(&self) -> Result<TlsOptions, String> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+        };
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &self.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read("--etcd-ca-file", ca)?));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read("--etcd-cert-file", cert)?,
+                    read("--etcd-key-file", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(
+                    "--etcd-cert-file and --etcd-key-file go together: give both or neither"
+                        .to_string(),
+                )
+            }
+        }
+        Ok(tls)
+    }
 }
 
 impl EtcdSettings {
@@ -44,6 +107,8 @@ impl EtcdSettings {
             lease_ttl_secs: 5,
             connect_timeout: Duration::from_secs(3),
             prefix: WORKERS_PREFIX.to_string(),
+            tls: None,
+            auth: None,
         }
     }
 
@@ -77,9 +142,20 @@ impl Drop for EtcdRegistry {
 }
 
 async fn connect_once(settings: &EtcdSettings) -> Result<Client, RegistryError> {
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(settings.connect_timeout)
         .with_timeout(settings.connect_timeout * 2);
+    if let Some(tls) = &settings.tls {
+        options = options.with_tls(tls.options().map_err(|message| {
+            RegistryError::Unreachable {
+                endpoints: settings.display(),
+                message,
+            }
+        })?);
+    }
+    if let Some(auth) = &settings.auth {
+        options = options.with_user(auth.user.clone(), auth.password.clone());
+    }
     let mut client = Client::connect(&settings.endpoints, Some(options))
         .await
         .map_err(|e| RegistryError::Unreachable {
@@ -234,7 +310,11 @@ async fn follow(
             match event.event_type() {
                 EventType::Put => match serde_json::from_slice::<WorkerInfo>(kv.value()) {
                     Ok(w) => {
-                        tracing::info!(worker = %w.id, address = %w.address, "worker joined");
+                        if w.draining {
+                            tracing::info!(worker = %w.id, address = %w.address, "worker draining: no new tasks go there");
+                        } else if !current.contains_key(&id) {
+                            tracing::info!(worker = %w.id, address = %w.address, "worker joined");
+                        }
                         current.insert(id, w);
                     }
                     Err(e) => tracing::warn!(%key, "ignoring malformed worker registration: {e}"),
@@ -253,6 +333,8 @@ async fn follow(
 struct EtcdRegistration {
     client: Client,
     settings: EtcdSettings,
+    /// What is registered; the keep-alive re-registers the latest value.
+    info: Arc<Mutex<WorkerInfo>>,
     lease: Arc<Mutex<i64>>,
     /// Why the keep-alive is failing, while it is.
     trouble: Arc<Mutex<Option<String>>>,
@@ -299,6 +381,16 @@ impl Registration for EtcdRegistration {
         Ok(())
     }
 
+    async fn set_draining(&self) -> Result<(), RegistryError> {
+        let info = {
+            let mut info = self.info.lock();
+            info.draining = true;
+            info.clone()
+        };
+        let lease = *self.lease.lock();
+        put_registration(&mut self.client.clone(), &self.settings, &info, lease).await
+    }
+
     fn health(&self) -> Result<(), String> {
         match &*self.trouble.lock() {
             None => Ok(()),
@@ -325,6 +417,17 @@ async fn put_with_new_lease(
         .await
         .map_err(op_err("granting a lease"))?
         .id();
+    put_registration(client, settings, info, lease).await?;
+    Ok(lease)
+}
+
+/// Writes the worker's key under `lease`.
+async fn put_registration(
+    client: &mut Client,
+    settings: &EtcdSettings,
+    info: &WorkerInfo,
+    lease: i64,
+) -> Result<(), RegistryError> {
     let value = serde_json::to_vec(info).map_err(|e| RegistryError::Operation {
         endpoints: settings.display(),
         operation: "encoding the registration",
@@ -337,15 +440,19 @@ async fn put_with_new_lease(
             Some(PutOptions::new().with_lease(lease)),
         )
         .await
-        .map_err(op_err("registering the worker"))?;
-    Ok(lease)
+        .map_err(|e| RegistryError::Operation {
+            endpoints: settings.display(),
+            operation: "registering the worker",
+            message: e.to_string(),
+        })?;
+    Ok(())
 }
 
 /// Starts the keep-alive thread of a registration; it ends when `stop`
 /// fires or its sender is dropped.
 fn spawn_keepalive(
     settings: EtcdSettings,
-    info: WorkerInfo,
+    info: Arc<Mutex<WorkerInfo>>,
     lease: Arc<Mutex<i64>>,
     trouble: Arc<Mutex<Option<String>>>,
     stop: tokio::sync::oneshot::Receiver<()>,
@@ -368,19 +475,20 @@ fn spawn_keepalive(
 
 async fn keepalive_loop(
     settings: EtcdSettings,
-    info: WorkerInfo,
+    info: Arc<Mutex<WorkerInfo>>,
     lease: Arc<Mutex<i64>>,
     trouble: Arc<Mutex<Option<String>>>,
 ) {
     use crate::telemetry::catalog::{LEASE_FAILURES, LEASE_RENEWALS};
     // This runtime's own connection (a client's channel lives on the
     // runtime that created it).
+    let worker = info.lock().id.clone();
     let mut backoff = Duration::from_millis(200);
     let mut client = loop {
         match connect_once(&settings).await {
             Ok(c) => break c,
             Err(e) => {
-                tracing::error!(worker = %info.id, "lease keep-alive: {e}; retrying in {backoff:?}");
+                tracing::error!(%worker, "lease keep-alive: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -422,7 +530,7 @@ async fn keepalive_loop(
                 settings.display()
             ));
             tracing::error!(
-                worker = %info.id,
+                %worker,
                 "keeping the registration alive in etcd at {} failed: {e}; re-registering",
                 settings.display()
             );
@@ -430,13 +538,14 @@ async fn keepalive_loop(
         // Re-register under a fresh lease once etcd answers again.
         let mut backoff = Duration::from_millis(200);
         loop {
-            match put_with_new_lease(&mut client, &settings, &info).await {
+            let current = info.lock().clone();
+            match put_with_new_lease(&mut client, &settings, &current).await {
                 Ok(new_id) => {
                     *lease.lock() = new_id;
                     break;
                 }
                 Err(e) => {
-                    tracing::error!(worker = %info.id, "{e}; retrying in {backoff:?}");
+                    tracing::error!(%worker, "{e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -453,9 +562,10 @@ impl Registry for EtcdRegistry {
         let lease = Arc::new(Mutex::new(lease_id));
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let trouble = Arc::new(Mutex::new(None));
+        let info = Arc::new(Mutex::new(info));
         spawn_keepalive(
             self.settings.clone(),
-            info,
+            Arc::clone(&info),
             Arc::clone(&lease),
             Arc::clone(&trouble),
             stopped,
@@ -468,6 +578,7 @@ impl Registry for EtcdRegistry {
         Ok(Box::new(EtcdRegistration {
             client,
             settings: self.settings.clone(),
+            info,
             lease,
             trouble,
             stop: Mutex::new(Some(stop)),

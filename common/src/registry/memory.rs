@@ -46,6 +46,21 @@ impl Registration for MemoryRegistration {
         self.registry.remove(&self.id);
         Ok(())
     }
+
+    async fn set_draining(&self) -> Result<(), RegistryError> {
+        self.registry.members.send_modify(|m| {
+            let all = m
+                .iter()
+                .cloned()
+                .map(|mut w| {
+                    w.draining |= w.id == self.id;
+                    w
+                })
+                .collect();
+            *m = sorted(all);
+        });
+        Ok(())
+    }
 }
 
 impl Drop for MemoryRegistration {
@@ -87,6 +102,7 @@ mod tests {
             address: format!("http://{id}:1"),
             slots: 2,
             version: "t".into(),
+            draining: false,
         }
     }
 
@@ -109,5 +125,21 @@ mod tests {
         drop(b);
         assert!(rx.borrow().is_empty());
         drop(a);
+    }
+
+    #[tokio::test]
+    async fn draining_worker_stays_a_member_marked() {
+        let r = MemoryRegistry::new();
+        let rx = r.members();
+        let a = r.register(worker("a")).await.unwrap();
+        let _b = r.register(worker("b")).await.unwrap();
+        a.set_draining().await.unwrap();
+        let members = rx.borrow().clone();
+        let state: Vec<(&str, bool)> = members
+            .iter()
+            .map(|w| (w.id.as_str(), w.draining))
+            .collect();
+        assert_eq!(state, [("a", true), ("b", false)]);
+        assert!(!members[0].schedulable() && members[1].schedulable());
     }
 }

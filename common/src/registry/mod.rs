@@ -7,6 +7,7 @@
 //!   lease that the worker keeps alive (layout in `docs/membership.md`);
 //! - [`MemoryRegistry`]: in-process, for `weft local` and fast tests.
 
+mod args;
 mod etcd;
 mod memory;
 
@@ -15,7 +16,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use etcd::{EtcdRegistry, EtcdSettings, WORKERS_PREFIX};
+pub use args::{EtcdArgs, ETCD_PASSWORD_ENV};
+pub use etcd::{EtcdAuth, EtcdRegistry, EtcdSettings, EtcdTls, WORKERS_PREFIX};
 pub use memory::MemoryRegistry;
 
 /// What a worker announces about itself.
@@ -29,6 +31,17 @@ pub struct WorkerInfo {
     pub slots: u32,
     /// Weft version of the worker.
     pub version: String,
+    /// The worker is stopping (SIGTERM): it stays a member while it finishes
+    /// its tasks and serves their outputs, but no new task is placed on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+}
+
+impl WorkerInfo {
+    /// Whether new tasks may be placed on this worker.
+    pub fn schedulable(&self) -> bool {
+        !self.draining
+    }
 }
 
 /// The live membership, sorted by worker id.
@@ -52,8 +65,14 @@ pub enum RegistryError {
 /// A live registration; it ends when revoked or when the process dies.
 #[async_trait::async_trait]
 pub trait Registration: Send + Sync + std::fmt::Debug {
-    /// Removes the worker from the membership at once (graceful shutdown).
+    /// Removes the worker from the membership at once (the end of a
+    /// graceful shutdown).
     async fn revoke(&self) -> Result<(), RegistryError>;
+
+    /// Announces that the worker is draining ([`WorkerInfo::draining`]): it
+    /// stays a member, so readers of its outputs and the coordinators
+    /// following its queries keep it, but schedulers place nothing new on it.
+    async fn set_draining(&self) -> Result<(), RegistryError>;
 
     /// `Err(reason)` while the registration is not kept alive (etcd
     /// unreachable, lease lost and not yet re-registered).

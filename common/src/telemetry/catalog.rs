@@ -166,6 +166,13 @@ pub const WORKERS_LIVE: MetricDef = def(
     Coordinator,
     "Workers in the membership this coordinator schedules on",
 );
+pub const WORKERS_LOST: MetricDef = def(
+    "weft_coordinator_workers_lost_total",
+    Counter,
+    &[],
+    Coordinator,
+    "Workers that left the membership without draining first (died, lease expired); a worker that drained (scale-down) does not count",
+);
 pub const SLOTS_TOTAL: MetricDef = def(
     "weft_coordinator_slots",
     Gauge,
@@ -372,6 +379,7 @@ pub const ALL: &[MetricDef] = &[
     STAGES_LAUNCHED,
     TASKS_LAUNCHED,
     WORKERS_LIVE,
+    WORKERS_LOST,
     SLOTS_TOTAL,
     SLOTS_USED,
     RESULT_BYTES,

@@ -87,7 +87,7 @@ impl Engine {
         let physical =
             crate::planner::balance::balance_parquet_scans(physical, &ctx.runtime_env()).await?;
         let physical = plain_string_output(physical)?;
-        let workers = self.members.borrow().clone();
+        let workers = self.schedulable_workers();
         let max_tasks = self
             .settings
             .max_tasks_per_stage

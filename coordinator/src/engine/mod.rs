@@ -20,7 +20,7 @@ use tonic::Status;
 use tracing::Instrument;
 use weft_common::codec::WeftCodec;
 use weft_common::flight::{datafusion_to_status, is_transport_error, ClientPool};
-use weft_common::registry::Members;
+use weft_common::registry::{Members, WorkerInfo};
 use weft_proto::{PartitionTicket, TaskId};
 
 use crate::planner::local_leaves::materialize_local_leaves;
@@ -67,6 +67,10 @@ impl Default for EngineSettings {
     }
 }
 
+/// How many draining workers one query's launch steps around before it
+/// fails (each refusal re-places every task without that worker).
+const MAX_DRAINING_REPLACEMENTS: usize = 3;
+
 /// Shared state of a coordinator.
 pub struct Engine {
     pub ctx: SessionContext,
@@ -78,6 +82,10 @@ pub struct Engine {
     /// Admission: one permit per query allowed to plan and run.
     admission: Option<Arc<tokio::sync::Semaphore>>,
     queued: std::sync::atomic::AtomicUsize,
+    /// Set when the coordinator stops (SIGTERM): new queries are refused.
+    draining: std::sync::atomic::AtomicBool,
+    /// The membership last seen by [`Engine::on_membership_change`].
+    last_members: parking_lot::Mutex<Members>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -94,7 +102,9 @@ impl From<ScheduleError> for Status {
         let message = e.to_string();
         match e {
             ScheduleError::NoWorkers => Status::unavailable(message),
-            ScheduleError::Launch { .. } => Status::unavailable(message),
+            ScheduleError::Launch { .. } | ScheduleError::Draining { .. } => {
+                Status::unavailable(message)
+            }
             ScheduleError::Encode { .. } => Status::internal(message),
         }
     }
@@ -108,9 +118,9 @@ impl Engine {
         connectors: Arc<dyn datafusion_proto::physical_plan::PhysicalExtensionCodec>,
     ) -> Self {
         let clients = Arc::new(ClientPool::new());
+        let last_members = parking_lot::Mutex::new(Arc::clone(&members.borrow()));
         Self {
             ctx,
-            members,
             codec: WeftCodec::new(Arc::clone(&clients)).with_extension(connectors),
             clients,
             queries: QueryManager::default(),
@@ -118,8 +128,27 @@ impl Engine {
                 .max_running_queries
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
             queued: std::sync::atomic::AtomicUsize::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            last_members,
+            members,
             settings,
         }
+    }
+
+    /// Live workers new tasks may be placed on (members that are not
+    /// draining).
+    pub fn schedulable_workers(&self) -> Vec<WorkerInfo> {
+        scheduler::schedulable(&self.members.borrow())
+    }
+
+    /// Refuse new queries from now on (graceful stop); running ones go on.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A session for one query, sized for the current cluster.
@@ -145,7 +174,7 @@ impl Engine {
         ),
         DataFusionError,
     > {
-        let slots = total_slots(&self.members.borrow()).max(1);
+        let slots = total_slots(&self.schedulable_workers()).max(1);
         let ctx = self.session_for(slots);
         let logical = ctx.state().create_logical_plan(sql).await?;
         match &logical {
@@ -171,7 +200,7 @@ impl Engine {
         &self,
         sql: &str,
     ) -> Result<arrow::datatypes::SchemaRef, DataFusionError> {
-        let slots = total_slots(&self.members.borrow()).max(1);
+        let slots = total_slots(&self.schedulable_workers()).max(1);
         let state = self.session_for(slots).state();
         let logical = state.create_logical_plan(sql).await?;
         if matches!(
@@ -194,6 +223,11 @@ impl Engine {
     /// [`Engine::start_query`]; `describe` keeps the text of every stage
     /// (for EXPLAIN ANALYZE).
     async fn start_query_with(&self, sql: &str, describe: bool) -> Result<Arc<Query>, Status> {
+        if self.is_draining() {
+            return Err(Status::unavailable(
+                "weft: this coordinator is shutting down and accepts no new queries; retry, and the service sends you to another coordinator",
+            ));
+        }
         let query = self.queries.create(sql);
         query
             .describe
@@ -309,7 +343,7 @@ impl Engine {
     }
 
     async fn run(&self, query: &Arc<Query>) -> Result<(), Status> {
-        let workers = self.members.borrow().clone();
+        let workers = self.schedulable_workers();
         if workers.is_empty() {
             return Err(ScheduleError::NoWorkers.into());
         }
@@ -333,36 +367,68 @@ impl Engine {
         let graph = tracing::info_span!("stage_cutting")
             .in_scope(|| cut_stages(plan, &query.id, max_tasks, &self.clients))
             .map_err(datafusion_to_status)?;
-        let placement = scheduler::place(&graph, &workers)?;
+        // A worker that started draining after this placement refuses its
+        // launches; the query's tasks are then cancelled everywhere and
+        // placed again without it (nothing has reached the client yet).
+        let mut refused: Vec<String> = Vec::new();
+        let (placement, used_workers, locations) = loop {
+            let candidates: Vec<WorkerInfo> = self
+                .schedulable_workers()
+                .into_iter()
+                .filter(|w| !refused.contains(&w.id))
+                .collect();
+            let placement = scheduler::place(&graph, &candidates)?;
+            let used_workers = scheduler::workers_of(&placement);
+            // Recorded before launching so a failed launch can be cancelled everywhere.
+            *query.run_slot() = Some(Arc::new(RunInfo {
+                schema: Arc::clone(&schema),
+                stages: Vec::new(),
+                endpoints: Vec::new(),
+                workers: used_workers.clone(),
+                direct: false,
+            }));
+            let launched = scheduler::launch_all(
+                &query.id,
+                &graph,
+                &placement,
+                ctx.state().config(),
+                &self.codec,
+                &self.clients,
+                &self.settings.compression,
+            )
+            .instrument(tracing::info_span!(
+                "launch",
+                stages = graph.stages.len(),
+                tasks = graph.stages.iter().map(|s| s.tasks).sum::<usize>()
+            ))
+            .await;
+            match launched {
+                Ok(locations) => break (placement, used_workers, locations),
+                Err(ScheduleError::Draining { worker, .. })
+                    if refused.len() < MAX_DRAINING_REPLACEMENTS =>
+                {
+                    tracing::info!(
+                        query_id = %query.id,
+                        %worker,
+                        "worker is draining: placing the query's tasks again without it"
+                    );
+                    scheduler::notify_workers(&self.clients, &used_workers, query, true).await;
+                    query.forget_ended_tasks();
+                    refused.push(worker);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if query.state().is_terminal() {
+                return Err(Status::cancelled(format!(
+                    "query {} was cancelled while it was being launched",
+                    query.id
+                )));
+            }
+        };
         if query.describe.load(std::sync::atomic::Ordering::SeqCst) {
             *query.stage_blocks.lock() =
                 crate::planner::explain::stage_blocks(&graph, &placement, false);
         }
-        let used_workers = scheduler::workers_of(&placement);
-        // Recorded before launching so a failed launch can be cancelled everywhere.
-        let provisional = Arc::new(RunInfo {
-            schema: Arc::clone(&schema),
-            stages: Vec::new(),
-            endpoints: Vec::new(),
-            workers: used_workers.clone(),
-            direct: false,
-        });
-        *query.run_slot() = Some(provisional);
-        let locations = scheduler::launch_all(
-            &query.id,
-            &graph,
-            &placement,
-            ctx.state().config(),
-            &self.codec,
-            &self.clients,
-            &self.settings.compression,
-        )
-        .instrument(tracing::info_span!(
-            "launch",
-            stages = graph.stages.len(),
-            tasks = graph.stages.iter().map(|s| s.tasks).sum::<usize>()
-        ))
-        .await?;
         {
             use weft_common::telemetry::catalog::{STAGES_LAUNCHED, TASKS_LAUNCHED};
             metrics::counter!(STAGES_LAUNCHED.name).increment(graph.stages.len() as u64);
@@ -545,6 +611,15 @@ impl Engine {
     /// Fails running queries that used a worker which left the membership.
     pub async fn on_membership_change(&self, members: &Members) {
         let live: HashSet<&str> = members.iter().map(|w| w.id.as_str()).collect();
+        let previous = std::mem::replace(&mut *self.last_members.lock(), Arc::clone(members));
+        for gone in previous.iter().filter(|w| !live.contains(w.id.as_str())) {
+            if gone.draining {
+                tracing::info!(worker = %gone.id, "worker left after draining");
+            } else {
+                metrics::counter!(weft_common::telemetry::catalog::WORKERS_LOST.name).increment(1);
+                tracing::warn!(worker = %gone.id, address = %gone.address, "worker lost: it left without draining (died or its lease expired)");
+            }
+        }
         for q in self.queries.active() {
             let Some(run) = q.run_info() else { continue };
             if let Some((id, address)) = run
