@@ -267,20 +267,23 @@ pub fn query_ids_of(info: &FlightInfo) -> Vec<String> {
     ids
 }
 
-fn like_match(pattern: Option<&String>, value: &str) -> bool {
-    let Some(p) = pattern else { return true };
-    fn rec(p: &[char], v: &[char]) -> bool {
-        match (p.first(), v.first()) {
-            (None, None) => true,
-            (Some('%'), _) => rec(&p[1..], v) || (!v.is_empty() && rec(p, &v[1..])),
-            (Some('_'), Some(_)) => rec(&p[1..], &v[1..]),
-            (Some(a), Some(b)) if a == b => rec(&p[1..], &v[1..]),
-            _ => false,
-        }
-    }
-    let p: Vec<char> = p.chars().collect();
-    let v: Vec<char> = value.chars().collect();
-    rec(&p, &v)
+/// Which of `values` match the SQL `LIKE` pattern (`%`, `_`, `\\` escapes);
+/// no pattern matches everything. Uses arrow's `like` kernel, which runs in
+/// time linear in the input whatever the pattern (a hand-written
+/// backtracking matcher took exponential time on patterns like `%a%a%a...b`
+/// and overflowed the stack on long ones). `what` names the field in errors.
+fn like_mask(pattern: Option<&str>, values: &[&str], what: &str) -> Result<Vec<bool>, Status> {
+    let Some(pattern) = pattern else {
+        return Ok(vec![true; values.len()]);
+    };
+    let values = arrow::array::StringArray::from(values.to_vec());
+    let pattern = arrow::array::Scalar::new(arrow::array::StringArray::from(vec![pattern]));
+    let matched = arrow::compute::kernels::comparison::like(&values, &pattern).map_err(|e| {
+        Status::invalid_argument(format!("{what}: not a usable LIKE pattern: {e}"))
+    })?;
+    Ok((0..matched.len())
+        .map(|i| arrow::array::Array::is_valid(&matched, i) && matched.value(i))
+        .collect())
 }
 
 #[tonic::async_trait]
@@ -478,13 +481,24 @@ impl FlightSqlService for WeftFlightSql {
         let types = query.table_types.clone();
         let include_schema = query.include_schema;
         let mut builder = query.into_builder();
-        for (catalog, schema, table) in self.table_names() {
-            if catalog_filter.as_ref().is_some_and(|c| c != &catalog)
-                || !like_match(schema_pattern.as_ref(), &schema)
-                || !like_match(table_pattern.as_ref(), &table)
-            {
-                continue;
-            }
+        let names = self.table_names();
+        let schemas: Vec<&str> = names.iter().map(|(_, s, _)| s.as_str()).collect();
+        let tables: Vec<&str> = names.iter().map(|(_, _, t)| t.as_str()).collect();
+        let schema_ok = like_mask(
+            schema_pattern.as_deref(),
+            &schemas,
+            "db_schema_filter_pattern",
+        )?;
+        let table_ok = like_mask(table_pattern.as_deref(), &tables, "table_name_filter_pattern")?;
+        let wanted: Vec<(String, String, String)> = names
+            .iter()
+            .zip(schema_ok.iter().zip(&table_ok))
+            .filter(|((catalog, _, _), (s, t))| {
+                **s && **t && catalog_filter.as_ref().is_none_or(|c| c == catalog)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for (catalog, schema, table) in wanted {
             let provider = self
                 .engine
                 .ctx
@@ -635,4 +649,55 @@ impl FlightSqlService for WeftFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::like_mask;
+
+    /// Runs `f` on its own thread; fails if it takes longer than 10 s.
+    fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the matcher did not finish within 10 s")
+    }
+
+    #[test]
+    fn like_patterns_match_as_sql_does() {
+        let values = ["lineitem", "line_item", "lineXitem", "orders", "LINEITEM"];
+        let mask = |p| like_mask(Some(p), &values, "p").unwrap();
+        assert_eq!(mask("line%"), [true, true, true, false, false]);
+        assert_eq!(mask("line_item"), [false, true, true, false, false]);
+        assert_eq!(mask("line\\_item"), [false, true, false, false, false]);
+        assert_eq!(mask("%r%"), [false, false, false, true, false]);
+        assert_eq!(like_mask(None, &values, "p").unwrap(), [true; 5]);
+    }
+
+    #[test]
+    fn crafted_patterns_take_linear_time() {
+        // Exponential for a backtracking matcher: 2^25 ways to place the %s.
+        let pattern = format!("{}b", "%a".repeat(25));
+        let value = "a".repeat(60);
+        let got = bounded(move || like_mask(Some(&pattern), &[value.as_str()], "p").unwrap());
+        assert_eq!(got, [false]);
+    }
+
+    #[test]
+    fn a_very_long_pattern_is_an_answer_not_a_stack_overflow() {
+        // One stack frame per character overflowed the coordinator's stack.
+        let pattern = "%".repeat(1_000_000);
+        let got = bounded(move || like_mask(Some(&pattern), &["x"], "table_name_filter_pattern"));
+        match got {
+            Ok(mask) => assert_eq!(mask, [true]),
+            Err(status) => assert!(
+                status.message().contains("table_name_filter_pattern"),
+                "{status}"
+            ),
+        }
+    }
 }
