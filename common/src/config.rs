@@ -142,27 +142,113 @@ impl SecretUrl {
         &self.0
     }
 
-    /// The URL with the password replaced by `***`.
+    /// The URL with every secret replaced by `***`: the password of
+    /// `user:password@`, the value of a secret-looking query parameter
+    /// (`?password=`, `&sslpassword=`, `token=`, ...), and, for a libpq-style
+    /// `key=value` connection string, the value of every secret-looking key.
     pub fn redacted(&self) -> String {
         let url = &self.0;
         let Some(scheme_end) = url.find("://") else {
-            return url.clone();
+            return redact_key_values(url);
         };
         let rest = &url[scheme_end + 3..];
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let Some(at) = rest[..authority_end].rfind('@') else {
-            return url.clone();
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = match rest[..authority_end].rfind('@') {
+            Some(at) => match rest[..at].find(':') {
+                Some(colon) => format!("{}:***{}", &rest[..colon], &rest[at..authority_end]),
+                None => rest[..authority_end].to_string(),
+            },
+            None => rest[..authority_end].to_string(),
         };
-        match rest[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..scheme_end + 3],
-                &rest[..colon],
-                &rest[at..]
-            ),
-            None => url.clone(),
+        let tail = &rest[authority_end..];
+        let tail = match tail.split_once('?') {
+            Some((path, query)) => {
+                let (query, fragment) = match query.split_once('#') {
+                    Some((q, f)) => (q, format!("#{f}")),
+                    None => (query, String::new()),
+                };
+                let query: Vec<String> = query
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
+                        _ => pair.to_string(),
+                    })
+                    .collect();
+                format!("{path}?{}{fragment}", query.join("&"))
+            }
+            None => tail.to_string(),
+        };
+        format!("{}{authority}{tail}", &url[..scheme_end + 3])
+    }
+}
+
+/// Whether a connection parameter's name says it holds a secret.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.trim().to_ascii_lowercase();
+    let key = key.replace(['-', '_'], "");
+    ["password", "passwd", "pwd", "pass", "secret", "token", "apikey", "accesskey", "privatekey"]
+        .iter()
+        .any(|s| key == *s || key.ends_with(s))
+}
+
+/// A libpq-style `key=value key='quoted value'` string with secret values
+/// replaced by `***` (anything else is returned as it is).
+fn redact_key_values(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some(&(start, c)) = chars.peek() {
+        if c.is_whitespace() {
+            out.push(c);
+            chars.next();
+            continue;
+        }
+        // Key up to '=' (or a bare word).
+        let mut key_end = start;
+        while let Some(&(i, c)) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key_end = i + c.len_utf8();
+            chars.next();
+        }
+        let key = &text[start..key_end];
+        out.push_str(key);
+        let Some(&(_, '=')) = chars.peek() else {
+            continue;
+        };
+        chars.next();
+        out.push('=');
+        // Value: quoted with '' and backslash escapes, or up to whitespace.
+        let mut value = String::new();
+        if let Some(&(_, '\'')) = chars.peek() {
+            value.push('\'');
+            chars.next();
+            while let Some((_, c)) = chars.next() {
+                value.push(c);
+                if c == '\\' {
+                    if let Some((_, e)) = chars.next() {
+                        value.push(e);
+                    }
+                } else if c == '\'' {
+                    break;
+                }
+            }
+        } else {
+            while let Some(&(_, c)) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        if is_secret_key(key) {
+            out.push_str("***");
+        } else {
+            out.push_str(&value);
         }
     }
+    out
 }
 
 impl std::fmt::Debug for SecretUrl {
@@ -861,6 +947,35 @@ splits = 4
             "postgresql://h/d"
         );
         assert_eq!(SecretUrl::new("grpc://u@h:1").redacted(), "grpc://u@h:1");
+        // Passwords in query parameters.
+        assert_eq!(
+            SecretUrl::new("postgresql://h:5432/d?user=u&password=hunter2&sslmode=require")
+                .redacted(),
+            "postgresql://h:5432/d?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(
+            SecretUrl::new("mysql://u:p@h/d?ssl-mode=REQUIRED&sslpassword=k#frag").redacted(),
+            "mysql://u:***@h/d?ssl-mode=REQUIRED&sslpassword=***#frag"
+        );
+        assert_eq!(
+            SecretUrl::new("grpc+tls://h:1?token=abc&catalog=x").redacted(),
+            "grpc+tls://h:1?token=***&catalog=x"
+        );
+        // libpq key=value strings, quoted values included.
+        assert_eq!(
+            SecretUrl::new("host=h user=u password=hunter2 dbname=d").redacted(),
+            "host=h user=u password=*** dbname=d"
+        );
+        assert_eq!(
+            SecretUrl::new("host=h password='it\\'s secret' dbname=d").redacted(),
+            "host=h password=*** dbname=d"
+        );
+        for shown in [
+            SecretUrl::new("postgresql://u:hunter2@h/d?password=hunter2").to_string(),
+            format!("{:?}", SecretUrl::new("user=u password=hunter2")),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
     }
 
     #[test]
