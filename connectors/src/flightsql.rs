@@ -175,16 +175,18 @@ impl FlightSqlSource {
         }
     }
 
-    /// A client on `channel`, signed in when the URL has credentials.
+    /// A client on `channel`, signed in when the URL has credentials and
+    /// `sign_in` says the channel leads to the configured host.
     async fn client_on(
         &self,
         channel: Channel,
+        sign_in: bool,
     ) -> Result<FlightSqlServiceClient<Channel>, SourceError> {
         let inner = FlightServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let mut client = FlightSqlServiceClient::new_from_inner(inner);
-        if let Some((user, password)) = &self.credentials {
+        if let (Some((user, password)), true) = (&self.credentials, sign_in) {
             client
                 .handshake(user, password)
                 .await
@@ -194,7 +196,7 @@ impl FlightSqlSource {
     }
 
     async fn client(&self) -> Result<FlightSqlServiceClient<Channel>, SourceError> {
-        self.client_on(self.channel.clone()).await
+        self.client_on(self.channel.clone(), true).await
     }
 
     /// Every batch of every endpoint of `info`, read from the server.
@@ -313,31 +315,35 @@ impl FlightSqlSource {
         })?;
         let target = Arc::clone(&schema);
         let opening = async move {
-            let channel = match endpoint
+            // The catalog's credentials go only to its configured host: an
+            // endpoint location the server returns may name any host, and a
+            // hostile or compromised server must not collect them there.
+            let (channel, trusted) = match endpoint
                 .location
                 .iter()
                 .map(|l| l.uri.as_str())
                 .find(|uri| !uri.is_empty() && !uri.starts_with(REUSE_CONNECTION))
             {
-                None => self.channel.clone(),
+                None => (self.channel.clone(), true),
                 Some(uri) => {
-                    let (endpoint, _, _) =
+                    let (endpoint, host, _) =
                         parse_url(uri).map_err(|reason| SourceError::Remote {
                             catalog: self.catalog.clone(),
                             host: self.host.clone(),
                             message: format!("endpoint location {uri}: {reason}"),
                         })?;
-                    Endpoint::from_shared(endpoint)
+                    let channel = Endpoint::from_shared(endpoint)
                         .map_err(|e| SourceError::Remote {
                             catalog: self.catalog.clone(),
                             host: self.host.clone(),
                             message: format!("endpoint location {uri}: {e}"),
                         })?
                         .connect_timeout(self.config.connect_timeout)
-                        .connect_lazy()
+                        .connect_lazy();
+                    (channel, host.eq_ignore_ascii_case(&self.host))
                 }
             };
-            let mut client = self.client_on(channel).await?;
+            let mut client = self.client_on(channel, trusted).await?;
             let stream = client.do_get(ticket).await.map_err(|e| self.error(&e))?;
             let source = Arc::clone(&self);
             Ok::<_, DataFusionError>(stream.map(move |batch| {

@@ -130,3 +130,39 @@ async fn weft_reads_another_weft_cluster_through_flight_sql() {
         .to_string();
     assert!(err.contains("no_such_table"), "{err}");
 }
+
+/// A catalog's credentials go only to its configured host:
+/// 1. Cluster A hands out endpoints located at its workers (direct results);
+///    its workers accept no sign-in at all (a handshake there fails).
+/// 2. Cluster B's catalog has a user and password for A's coordinator.
+/// 3. B reads A's table: it signs in at the coordinator and reads the
+///    workers' endpoints without sending them the credentials, so the scan
+///    answers right (a handshake at a worker would fail it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credentials_are_not_sent_to_endpoint_locations() {
+    let dir = tpch_dir(0.01, 2);
+    let a = start(ClusterOptions {
+        catalogs: files_catalog("tpch", dir),
+        target_partitions: Some(4),
+        direct_results: true,
+        ..Default::default()
+    })
+    .await;
+    let remote = DatabaseConfig::new(SecretUrl::new(format!(
+        "grpc://reader:s3cret-pw@{}",
+        a.coordinator.addr()
+    )));
+    let b = start(ClusterOptions {
+        catalogs: catalog_file(vec![("remote", CatalogConfig::FlightSql(remote))]),
+        target_partitions: Some(4),
+        ..Default::default()
+    })
+    .await;
+    let sql = "SELECT l_returnflag, count(*) FROM lineitem GROUP BY l_returnflag ORDER BY 1";
+    let want = canonical_rows(&a.query(sql).await.expect("A answers"));
+    let got = b
+        .query(&sql.replace("lineitem", "remote.public.lineitem"))
+        .await
+        .expect("B reads A's worker endpoints without signing in there");
+    assert_eq!(canonical_rows(&got), want);
+}
