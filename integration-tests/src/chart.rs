@@ -11,7 +11,8 @@
 //!   `configMapKeyRef` / `envFrom` config maps from the rendered ConfigMaps;
 //! - `$(VAR)` in args expanded from the container's env (kubelet semantics);
 //! - volumes: a `configMap` is written to a directory (its keys as files, or
-//!   its `items`), an `emptyDir` is an empty directory, a `hostPath` is the
+//!   its `items`), an `emptyDir` or a `persistentVolumeClaim` is an empty
+//!   directory, a `hostPath` is the
 //!   path itself, a `secret` comes from [`Secrets`]; every arg and env value
 //!   under a `mountPath` is pointed at that directory;
 //! - a pod has its own network namespace, so a wildcard listen address
@@ -185,7 +186,8 @@ impl PodTemplate {
                 secrets.get(s).cloned().ok_or_else(|| {
                     anyhow!("{}: volume {vname} names Secret {s}, which the test does not provide", self.name)
                 })?
-            } else if v.get("emptyDir").is_some() {
+            } else if v.get("emptyDir").is_some() || v.get("persistentVolumeClaim").is_some() {
+                // A claim is a directory that starts empty here.
                 BTreeMap::new()
             } else {
                 bail!("{}: volume {vname} has a kind this harness does not emulate: {v}", self.name);
