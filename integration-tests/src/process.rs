@@ -383,12 +383,28 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// etcd serving clients over TLS only, with client certificates
+    /// required (signed by `tls`'s CA).
+    pub async fn start_tls(tls: &TlsFiles) -> anyhow::Result<Self> {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<&TlsFiles>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
-        let (client, peer) = (free_port("127.0.0.1")?, free_port("127.0.0.1")?);
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let (client, peer, health) = (
+            free_port("127.0.0.1")?,
+            free_port("127.0.0.1")?,
+            free_port("127.0.0.1")?,
+        );
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "weft"])
+        let health_url = format!("http://127.0.0.1:{health}");
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "weft"])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--listen-client-urls", &endpoint])
@@ -396,7 +412,19 @@ impl Etcd {
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("weft={peer_url}")])
-            .args(["--log-level", "error"])
+            // /health over plain HTTP whatever the client port speaks.
+            .args(["--listen-metrics-urls", &health_url])
+            .args(["--log-level", "error"]);
+        if let Some(tls) = tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -407,13 +435,70 @@ impl Etcd {
             endpoint,
             _dir: dir,
         };
-        let addr: SocketAddr = format!("127.0.0.1:{client}").parse()?;
+        let addr: SocketAddr = format!("127.0.0.1:{health}").parse()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !matches!(http_get(addr, "/health").await, Ok((200, _))) {
             anyhow::ensure!(tokio::time::Instant::now() < deadline, "etcd did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(etcd)
+    }
+}
+
+/// A throwaway CA with a server certificate for 127.0.0.1 and a client
+/// certificate, made with the `openssl` command (PEM files in a temporary
+/// directory).
+#[derive(Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    pub fn generate() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("weft-tls-").tempdir()?;
+        let p = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("openssl").args(args).current_dir(dir.path()).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        openssl(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "ca.key",
+            "-out", "ca.crt", "-subj", "/CN=weft-test-ca", "-addext",
+            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        ])?;
+        for (name, cn, ext) in [
+            ("server", "etcd", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+            ("client", "weft-node", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(p(&format!("{name}.ext")), ext)?;
+            openssl(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"),
+                "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}"),
+            ])?;
+            openssl(&[
+                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey",
+                "ca.key", "-CAcreateserial", "-days", "2", "-out", &format!("{name}.crt"),
+                "-extfile", &format!("{name}.ext"),
+            ])?;
+        }
+        Ok(Self {
+            ca: p("ca.crt"),
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
+            client_cert: p("client.crt"),
+            client_key: p("client.key"),
+            _dir: dir,
+        })
     }
 }
 
