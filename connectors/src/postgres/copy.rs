@@ -25,6 +25,8 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 const PG_EPOCH_DAYS: i32 = 10_957;
 /// Microseconds from 1970-01-01 to 2000-01-01.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Largest binary COPY header extension accepted.
+const MAX_HEADER_EXTENSION: usize = 64 * 1024;
 
 /// Incremental decoder of one binary COPY stream into record batches.
 #[derive(Debug)]
@@ -128,6 +130,13 @@ impl CopyDecoder {
                 return Err("not a binary COPY stream (bad signature)".to_string());
             }
             let ext = u32::from_be_bytes([data[15], data[16], data[17], data[18]]) as usize;
+            // PostgreSQL sends no header extension; a large one is not a
+            // COPY stream (and would be buffered whole before failing).
+            if ext > MAX_HEADER_EXTENSION {
+                return Err(format!(
+                    "binary COPY header extension of {ext} bytes (PostgreSQL sends none)"
+                ));
+            }
             if data.len() < 19 + ext {
                 return Ok(0);
             }
@@ -331,7 +340,10 @@ impl Builder {
                 if days == i32::MAX || days == i32::MIN {
                     return Err("date 'infinity' has no Arrow representation".to_string());
                 }
-                b.append_value(days + PG_EPOCH_DAYS)
+                let days = days
+                    .checked_add(PG_EPOCH_DAYS)
+                    .ok_or_else(|| format!("date {days} days after 2000-01-01 is out of range"))?;
+                b.append_value(days)
             }
             Builder::Time(b) => b.append_value(i64::from_be_bytes(fixed(v, "time")?)),
             Builder::Timestamp(b) => {
@@ -339,7 +351,10 @@ impl Builder {
                 if micros == i64::MAX || micros == i64::MIN {
                     return Err("timestamp 'infinity' has no Arrow representation".to_string());
                 }
-                b.append_value(micros + PG_EPOCH_MICROS)
+                let micros = micros.checked_add(PG_EPOCH_MICROS).ok_or_else(|| {
+                    format!("timestamp {micros} µs after 2000-01-01 is out of range")
+                })?;
+                b.append_value(micros)
             }
             Builder::Interval(b) => {
                 let raw = fixed::<16>(v, "interval")?;
@@ -479,6 +494,9 @@ fn decode_numeric(v: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
         return Err("truncated numeric value".to_string());
     }
     let ndigits = i16::from_be_bytes([v[0], v[1]]) as i32;
+    if ndigits < 0 {
+        return Err(format!("malformed numeric value ({ndigits} digit groups)"));
+    }
     let weight = i16::from_be_bytes([v[2], v[3]]) as i32;
     let sign = u16::from_be_bytes([v[4], v[5]]);
     match sign {
@@ -496,6 +514,11 @@ fn decode_numeric(v: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
     for i in 0..ndigits {
         let at = 8 + 2 * i as usize;
         let group = u16::from_be_bytes([v[at], v[at + 1]]);
+        if group > 9999 {
+            return Err(format!(
+                "malformed numeric value (digit group {group} is not base 10000)"
+            ));
+        }
         for k in (0..4).rev() {
             let digit = (group / 10u16.pow(k as u32)) % 10;
             // Exponent of this digit in units of 10^-scale.
@@ -518,10 +541,11 @@ fn decode_numeric(v: &[u8], precision: u8, scale: i8) -> Result<i128, String> {
             .ok_or_else(overflow)?;
     }
     if first_dropped >= 5 {
-        acc += 1;
+        acc = acc.checked_add(1).ok_or_else(overflow)?;
     }
-    if acc >= 10i128.pow(precision as u32) {
-        return Err(overflow());
+    match 10i128.checked_pow(precision as u32) {
+        Some(limit) if acc < limit => {}
+        _ => return Err(overflow()),
     }
     Ok(if sign == 0x4000 { -acc } else { acc })
 }
@@ -651,5 +675,51 @@ mod tests {
         assert!(b.append(&[0, 1]).is_err());
         assert_eq!(b.len(), 0);
         assert!(Builder::try_new(&DataType::Utf8, &WireType::Int4).is_err());
+    }
+
+    /// Values a server (or a corrupted stream) can send that overflowed the
+    /// arithmetic: each is an error naming the problem, never a panic or a
+    /// wrapped value.
+    #[test]
+    fn values_near_the_limits_are_errors_not_overflows() {
+        use arrow::datatypes::TimeUnit;
+        let mut ts =
+            Builder::try_new(&DataType::Timestamp(TimeUnit::Microsecond, None), &WireType::Timestamp)
+                .unwrap();
+        let e = ts.append(&(i64::MAX - 1).to_be_bytes()).unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        ts.append(&0i64.to_be_bytes()).unwrap();
+        let mut date = Builder::try_new(&DataType::Date32, &WireType::Date).unwrap();
+        let e = date.append(&(i32::MAX - 1).to_be_bytes()).unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let Builder::Timestamp(ts) = &mut ts else {
+            unreachable!()
+        };
+        assert_eq!(ts.finish().values().to_vec(), [PG_EPOCH_MICROS]);
+        // Malformed numerics: negative digit count, a group beyond base
+        // 10000, a weight too large for any decimal, precision 38.
+        let mut negative = numeric(0, false, &[1]);
+        negative[0..2].copy_from_slice(&(-3i16).to_be_bytes());
+        assert!(decode_numeric(&negative, 10, 2).unwrap_err().contains("malformed"));
+        assert!(decode_numeric(&numeric(0, false, &[10000]), 10, 2)
+            .unwrap_err()
+            .contains("base 10000"));
+        assert!(decode_numeric(&numeric(i16::MAX, false, &[1]), 38, 0).is_err());
+        assert_eq!(
+            decode_numeric(&numeric(8, false, &[9999; 9]), 38, 0).map(|v| v > 0),
+            Ok(true)
+        );
+        assert!(decode_numeric(&numeric(9, false, &[9999; 10]), 38, 0).is_err());
+    }
+
+    #[test]
+    fn a_huge_header_extension_is_refused() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)]));
+        let mut d = CopyDecoder::try_new(schema, &[WireType::Int4]).unwrap();
+        let mut stream = SIGNATURE.to_vec();
+        stream.extend_from_slice(&0u32.to_be_bytes());
+        stream.extend_from_slice(&u32::MAX.to_be_bytes());
+        let e = d.feed(&stream).unwrap_err();
+        assert!(e.contains("header extension"), "{e}");
     }
 }
