@@ -186,9 +186,19 @@ impl SecretUrl {
 fn is_secret_key(key: &str) -> bool {
     let key = key.trim().to_ascii_lowercase();
     let key = key.replace(['-', '_'], "");
-    ["password", "passwd", "pwd", "pass", "secret", "token", "apikey", "accesskey", "privatekey"]
-        .iter()
-        .any(|s| key == *s || key.ends_with(s))
+    [
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "secret",
+        "token",
+        "apikey",
+        "accesskey",
+        "privatekey",
+    ]
+    .iter()
+    .any(|s| key == *s || key.ends_with(s))
 }
 
 /// A libpq-style `key=value key='quoted value'` string with secret values

@@ -275,7 +275,9 @@ impl Readiness for CoordinatorReadiness {
             return Err("no live workers: start weft-worker processes with the same --etcd and --etcd-prefix".into());
         }
         if engine.schedulable_workers().is_empty() {
-            return Err("every live worker is draining (shutting down): no new task can be placed".into());
+            return Err(
+                "every live worker is draining (shutting down): no new task can be placed".into(),
+            );
         }
         Ok(())
     }

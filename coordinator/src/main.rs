@@ -117,7 +117,9 @@ async fn main() -> anyhow::Result<()> {
         drain_timeout_secs = args.drain_timeout,
         "shutting down: refusing new queries, letting running ones finish"
     );
-    coordinator.drain(Duration::from_secs(args.drain_timeout)).await;
+    coordinator
+        .drain(Duration::from_secs(args.drain_timeout))
+        .await;
     drop(registry);
     // Pending spans leave before the process does.
     tracing.shutdown();

@@ -50,7 +50,11 @@ pub enum ScheduleError {
 /// The members new tasks may be placed on: every worker that is not
 /// draining.
 pub fn schedulable(workers: &[WorkerInfo]) -> Vec<WorkerInfo> {
-    workers.iter().filter(|w| w.schedulable()).cloned().collect()
+    workers
+        .iter()
+        .filter(|w| w.schedulable())
+        .cloned()
+        .collect()
 }
 
 /// Total task slots of the given workers.

@@ -131,7 +131,10 @@ impl PodTemplate {
                     })
                     .unwrap_or_default();
                 (
-                    cm["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                    cm["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                     data,
                 )
             })
@@ -177,20 +180,28 @@ impl PodTemplate {
             std::fs::create_dir_all(&local)?;
             let files: BTreeMap<String, String> = if v.get("configMap").is_some() {
                 let cm = v["configMap"]["name"].as_str().unwrap_or_default();
-                self.config_maps
-                    .get(cm)
-                    .cloned()
-                    .ok_or_else(|| anyhow!("{}: volume {vname} names ConfigMap {cm}, which the chart does not render", self.name))?
+                self.config_maps.get(cm).cloned().ok_or_else(|| {
+                    anyhow!(
+                        "{}: volume {vname} names ConfigMap {cm}, which the chart does not render",
+                        self.name
+                    )
+                })?
             } else if v.get("secret").is_some() {
                 let s = v["secret"]["secretName"].as_str().unwrap_or_default();
                 secrets.get(s).cloned().ok_or_else(|| {
-                    anyhow!("{}: volume {vname} names Secret {s}, which the test does not provide", self.name)
+                    anyhow!(
+                        "{}: volume {vname} names Secret {s}, which the test does not provide",
+                        self.name
+                    )
                 })?
             } else if v.get("emptyDir").is_some() || v.get("persistentVolumeClaim").is_some() {
                 // A claim is a directory that starts empty here.
                 BTreeMap::new()
             } else {
-                bail!("{}: volume {vname} has a kind this harness does not emulate: {v}", self.name);
+                bail!(
+                    "{}: volume {vname} has a kind this harness does not emulate: {v}",
+                    self.name
+                );
             };
             let items = array(&v["configMap"]["items"])
                 .into_iter()
@@ -227,7 +238,10 @@ impl PodTemplate {
                 Some(sub) => base.join(sub),
                 None => base.clone(),
             };
-            mounts.push((m["mountPath"].as_str().unwrap_or_default().to_string(), local));
+            mounts.push((
+                m["mountPath"].as_str().unwrap_or_default().to_string(),
+                local,
+            ));
         }
         mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         let map_path = |value: &str| -> String {
@@ -248,7 +262,10 @@ impl PodTemplate {
                 match secrets.get(s) {
                     Some(d) => d.clone(),
                     None if from["secretRef"]["optional"] == true => BTreeMap::new(),
-                    None => bail!("{}: envFrom names Secret {s}, which the test does not provide", self.name),
+                    None => bail!(
+                        "{}: envFrom names Secret {s}, which the test does not provide",
+                        self.name
+                    ),
                 }
             } else if let Some(c) = from["configMapRef"]["name"].as_str() {
                 self.config_maps.get(c).cloned().unwrap_or_default()
@@ -268,7 +285,10 @@ impl PodTemplate {
                     "metadata.name" => pod.clone(),
                     "metadata.namespace" => "default".to_string(),
                     "spec.nodeName" => "node-1".to_string(),
-                    other => bail!("{}: env {name} uses fieldRef {other}, not emulated", self.name),
+                    other => bail!(
+                        "{}: env {name} uses fieldRef {other}, not emulated",
+                        self.name
+                    ),
                 }
             } else if let Some(r) = e["valueFrom"]["secretKeyRef"].as_object() {
                 let (s, k) = (
@@ -289,9 +309,14 @@ impl PodTemplate {
                     .get(c)
                     .and_then(|d| d.get(k))
                     .cloned()
-                    .ok_or_else(|| anyhow!("{}: env {name}: ConfigMap {c} has no key {k}", self.name))?
+                    .ok_or_else(|| {
+                        anyhow!("{}: env {name}: ConfigMap {c} has no key {k}", self.name)
+                    })?
             } else if e.get("valueFrom").is_some() {
-                bail!("{}: env {name} has a valueFrom this harness does not emulate: {e}", self.name);
+                bail!(
+                    "{}: env {name} has a valueFrom this harness does not emulate: {e}",
+                    self.name
+                );
             } else {
                 String::new()
             };

@@ -463,7 +463,10 @@ impl TlsFiles {
         let dir = tempfile::Builder::new().prefix("weft-tls-").tempdir()?;
         let p = |name: &str| dir.path().join(name);
         let openssl = |args: &[&str]| -> anyhow::Result<()> {
-            let out = Command::new("openssl").args(args).current_dir(dir.path()).output()?;
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()?;
             anyhow::ensure!(
                 out.status.success(),
                 "openssl {args:?}: {}",
@@ -472,23 +475,61 @@ impl TlsFiles {
             Ok(())
         };
         openssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "ca.key",
-            "-out", "ca.crt", "-subj", "/CN=weft-test-ca", "-addext",
-            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=weft-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ])?;
         for (name, cn, ext) in [
-            ("server", "etcd", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+            (
+                "server",
+                "etcd",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
             ("client", "weft-node", "extendedKeyUsage=clientAuth\n"),
         ] {
             std::fs::write(p(&format!("{name}.ext")), ext)?;
             openssl(&[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"),
-                "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}"),
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
             ])?;
             openssl(&[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey",
-                "ca.key", "-CAcreateserial", "-days", "2", "-out", &format!("{name}.crt"),
-                "-extfile", &format!("{name}.ext"),
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.crt"),
+                "-extfile",
+                &format!("{name}.ext"),
             ])?;
         }
         Ok(Self {

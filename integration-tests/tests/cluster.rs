@@ -102,7 +102,11 @@ async fn a_launch_refused_by_a_draining_worker_is_placed_again() {
         );
     }
     // 3.
-    assert_eq!(draining.tasks().launched(), before, "the draining worker ran a task");
+    assert_eq!(
+        draining.tasks().launched(),
+        before,
+        "the draining worker ran a task"
+    );
     let busy: u64 = cluster
         .live_workers()
         .filter(|w| w.id() != draining.id())

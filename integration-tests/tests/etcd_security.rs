@@ -24,7 +24,8 @@ use weft_integration_tests::process::{binary, Etcd, ProcessCluster, ProcessOptio
 use weft_integration_tests::{canonical_rows, connect, run_sql, single_node_rows, tpch_dir};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
-const SQL: &str = "SELECT l_returnflag, count(*), sum(l_quantity) FROM lineitem GROUP BY 1 ORDER BY 1";
+const SQL: &str =
+    "SELECT l_returnflag, count(*), sum(l_quantity) FROM lineitem GROUP BY 1 ORDER BY 1";
 
 fn catalogs() -> String {
     format!(
@@ -46,7 +47,14 @@ async fn expected() -> Vec<String> {
 /// Runs a worker that must fail to join; its output.
 fn failing_worker(args: &[String], env: &[(&str, &str)]) -> String {
     let out = Command::new(binary("weft-worker").expect("binary"))
-        .args(["--listen", "127.0.0.1:0", "--http-listen", "none", "--etcd-connect-timeout", "2"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "none",
+            "--etcd-connect-timeout",
+            "2",
+        ])
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -120,7 +128,10 @@ async fn user_and_password() {
         let mut admin = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
             .await
             .expect("etcd client");
-        admin.user_add("root", password, None).await.expect("user add");
+        admin
+            .user_add("root", password, None)
+            .await
+            .expect("user add");
         admin.user_grant_role("root", "root").await.expect("grant");
         admin.auth_enable().await.expect("auth enable");
         // 2.

@@ -157,7 +157,10 @@ impl HeldResult {
             self.rows += b.num_rows();
         }
         for e in self.info.endpoint.iter().skip(1) {
-            let ticket = e.ticket.clone().ok_or_else(|| anyhow::anyhow!("no ticket"))?;
+            let ticket = e
+                .ticket
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("no ticket"))?;
             let mut s = self.client.do_get(ticket).await?;
             while let Some(b) = s.try_next().await? {
                 self.rows += b.num_rows();
@@ -220,9 +223,10 @@ async fn chart_cluster() {
     )
     .expect("coordinator pod");
     let worker_deployment = chart::deployment(&objects, "worker").expect("worker");
-    let worker_t =
-        PodTemplate::from_deployment(worker_deployment, &objects).expect("worker pod");
-    let replicas = worker_deployment["spec"]["replicas"].as_u64().expect("replicas") as usize;
+    let worker_t = PodTemplate::from_deployment(worker_deployment, &objects).expect("worker pod");
+    let replicas = worker_deployment["spec"]["replicas"]
+        .as_u64()
+        .expect("replicas") as usize;
     assert_eq!(replicas, 3);
     assert_eq!(coordinator_t.binary, "weft-coordinator");
     assert_eq!(worker_t.binary, "weft-worker");
@@ -254,9 +258,13 @@ async fn chart_cluster() {
     let ready = |addr| async move { matches!(http_get(addr, "/readyz").await, Ok((200, _))) };
     for pod in workers.iter().chain([&coordinator]) {
         let addr = pod.node.http;
-        wait_until(&format!("{} ready", pod.node.name), Duration::from_secs(60), || ready(addr))
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", pod.node.log_tail()));
+        wait_until(
+            &format!("{} ready", pod.node.name),
+            Duration::from_secs(60),
+            || ready(addr),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pod.node.log_tail()));
     }
     wait_until("3 workers listed", Duration::from_secs(30), || {
         let url = url.clone();
@@ -279,22 +287,25 @@ async fn chart_cluster() {
             .unwrap_or_else(|e| panic!("q{n}: {e}\n{}", coordinator.node.log_tail()));
         assert_eq!(got, answers[n - 1], "q{n}");
     }
-    let held_rows: usize = single_node_rows(
-        &reference,
-        &format!("SELECT count(*) FROM ({HELD_SQL})"),
-    )
-    .await[0]
-        .parse()
-        .expect("count");
+    let held_rows: usize =
+        single_node_rows(&reference, &format!("SELECT count(*) FROM ({HELD_SQL})")).await[0]
+            .parse()
+            .expect("count");
 
     // 3. Scale-down under load.
-    let held = HeldResult::open(&url, HELD_SQL).await.expect("open a big result");
+    let held = HeldResult::open(&url, HELD_SQL)
+        .await
+        .expect("open a big result");
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let mut load = Vec::new();
     for c in 0..2 {
-        let (url, stop, done, answers) =
-            (url.clone(), Arc::clone(&stop), Arc::clone(&done), Arc::clone(&answers));
+        let (url, stop, done, answers) = (
+            url.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&done),
+            Arc::clone(&answers),
+        );
         load.push(tokio::spawn(async move {
             let mut client = connect(&url).await?;
             // q15 creates and drops a view: one client at a time only.
@@ -306,7 +317,10 @@ async fn chart_cluster() {
                 let got = tpch_rows(&mut client, n)
                     .await
                     .map_err(|e| anyhow::anyhow!("q{n} during scale-down: {e}"))?;
-                anyhow::ensure!(got == answers[n - 1], "q{n} answered wrong during scale-down");
+                anyhow::ensure!(
+                    got == answers[n - 1],
+                    "q{n} answered wrong during scale-down"
+                );
                 done.fetch_add(1, Ordering::SeqCst);
             }
             anyhow::Ok(())
@@ -330,22 +344,28 @@ async fn chart_cluster() {
         &http_get(victim_http, "/metrics").await.expect("scrape").1,
         "weft_worker_tasks_launched_total",
     );
-    wait_until("the coordinator to list the worker as draining", Duration::from_secs(10), || {
-        let (url, addr) = (url.clone(), victim_address.clone());
-        async move {
-            worker_states(&url)
-                .await
-                .is_ok_and(|w| w.iter().any(|(a, s)| a.ends_with(&addr) && s == "draining"))
-        }
-    })
+    wait_until(
+        "the coordinator to list the worker as draining",
+        Duration::from_secs(10),
+        || {
+            let (url, addr) = (url.clone(), victim_address.clone());
+            async move {
+                worker_states(&url)
+                    .await
+                    .is_ok_and(|w| w.iter().any(|(a, s)| a.ends_with(&addr) && s == "draining"))
+            }
+        },
+    )
     .await
     .expect("draining state");
     let done_at_drain = done.load(Ordering::SeqCst);
     // Queries keep coming; the draining worker takes none of them, and it
     // keeps running while its part of the held result is unread.
-    wait_until("6 more queries during the drain", Duration::from_secs(120), || async {
-        done.load(Ordering::SeqCst) >= done_at_drain + 6
-    })
+    wait_until(
+        "6 more queries during the drain",
+        Duration::from_secs(120),
+        || async { done.load(Ordering::SeqCst) >= done_at_drain + 6 },
+    )
     .await
     .expect("queries during the drain");
     let (status, body) = http_get(victim_http, "/metrics")
@@ -357,12 +377,22 @@ async fn chart_cluster() {
         launched_at_drain,
         "a task was launched on the draining worker"
     );
-    assert!(!terminate.is_finished(), "the worker exited with unread output");
-    let rows = held.finish().await.expect("read the held result to the end");
+    assert!(
+        !terminate.is_finished(),
+        "the worker exited with unread output"
+    );
+    let rows = held
+        .finish()
+        .await
+        .expect("read the held result to the end");
     assert_eq!(rows, held_rows, "every row of the held result arrives");
     let (victim, result) = terminate.await.expect("terminate");
     let (exited, after_term) = result.expect("terminate");
-    assert!(exited, "the worker had to be killed:\n{}", victim.node.log_tail());
+    assert!(
+        exited,
+        "the worker had to be killed:\n{}",
+        victim.node.log_tail()
+    );
     assert!(
         after_term < Duration::from_secs(drain),
         "the worker exited {after_term:?} after SIGTERM, beyond its drain timeout"
@@ -374,7 +404,9 @@ async fn chart_cluster() {
     );
     stop.store(true, Ordering::SeqCst);
     for l in load {
-        l.await.expect("load task").expect("every query answered right");
+        l.await
+            .expect("load task")
+            .expect("every query answered right");
     }
     eprintln!(
         "scale-down: {} queries during the test, worker gone {:?} after termination began",
@@ -393,9 +425,11 @@ async fn chart_cluster() {
         .spawn(&format!("{SUBNET}.9"), &pods_dir.join("w9"), &secrets)
         .expect("start a new worker pod");
     let fresh_http = fresh.node.http;
-    wait_until("the new worker ready", Duration::from_secs(60), || ready(fresh_http))
-        .await
-        .expect("new worker");
+    wait_until("the new worker ready", Duration::from_secs(60), || {
+        ready(fresh_http)
+    })
+    .await
+    .expect("new worker");
     wait_until("3 workers listed", Duration::from_secs(30), || {
         let url = url.clone();
         async move { worker_states(&url).await.is_ok_and(|w| w.len() == 3) }
@@ -403,7 +437,9 @@ async fn chart_cluster() {
     .await
     .expect("membership after scale-up");
     for n in [1, 3, 5, 6, 9, 10, 12, 18] {
-        let got = tpch_rows(&mut client, n).await.expect("query after scale-up");
+        let got = tpch_rows(&mut client, n)
+            .await
+            .expect("query after scale-up");
         assert_eq!(got, answers[n - 1], "q{n} after scale-up");
     }
     let fresh_tasks = metric(
@@ -414,30 +450,41 @@ async fn chart_cluster() {
     workers.push(fresh);
 
     // 5. Coordinator scale-down.
-    let held = HeldResult::open(&url, HELD_SQL).await.expect("open a big result");
+    let held = HeldResult::open(&url, HELD_SQL)
+        .await
+        .expect("open a big result");
     let coordinator_http = coordinator.node.http;
     let terminate = tokio::spawn(async move {
         let result = coordinator.terminate().await;
         (coordinator, result)
     });
-    wait_until("the coordinator's /readyz to turn 503", Duration::from_secs(10), || async {
-        matches!(http_get(coordinator_http, "/readyz").await, Ok((503, _)))
-    })
+    wait_until(
+        "the coordinator's /readyz to turn 503",
+        Duration::from_secs(10),
+        || async { matches!(http_get(coordinator_http, "/readyz").await, Ok((503, _))) },
+    )
     .await
     .expect("draining coordinator not ready");
     let refused = run_sql(&mut client, "SELECT 1")
         .await
         .expect_err("a new query on a stopping coordinator");
+    assert!(refused.to_string().contains("shutting down"), "{refused}");
     assert!(
-        refused.to_string().contains("shutting down"),
-        "{refused}"
+        !terminate.is_finished(),
+        "the coordinator left a running query"
     );
-    assert!(!terminate.is_finished(), "the coordinator left a running query");
-    let rows = held.finish().await.expect("read the held result to the end");
+    let rows = held
+        .finish()
+        .await
+        .expect("read the held result to the end");
     assert_eq!(rows, held_rows);
     let (coordinator, result) = terminate.await.expect("terminate");
     let (exited, _) = result.expect("terminate");
-    assert!(exited, "the coordinator had to be killed:\n{}", coordinator.node.log_tail());
+    assert!(
+        exited,
+        "the coordinator had to be killed:\n{}",
+        coordinator.node.log_tail()
+    );
     drop(workers);
 }
 

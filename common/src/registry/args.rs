@@ -106,9 +106,15 @@ mod tests {
 
     #[test]
     fn a_certificate_needs_its_key() {
-        let err = Cli::try_parse_from(["x", "--etcd", "https://a:2379", "--etcd-cert-file", "/c.pem"])
-            .unwrap_err()
-            .to_string();
+        let err = Cli::try_parse_from([
+            "x",
+            "--etcd",
+            "https://a:2379",
+            "--etcd-cert-file",
+            "/c.pem",
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("--etcd-key-file"), "{err}");
     }
 }

@@ -146,12 +146,14 @@ async fn connect_once(settings: &EtcdSettings) -> Result<Client, RegistryError> 
         .with_connect_timeout(settings.connect_timeout)
         .with_timeout(settings.connect_timeout * 2);
     if let Some(tls) = &settings.tls {
-        options = options.with_tls(tls.options().map_err(|message| {
-            RegistryError::Unreachable {
-                endpoints: settings.display(),
-                message,
-            }
-        })?);
+        options =
+            options.with_tls(
+                tls.options()
+                    .map_err(|message| RegistryError::Unreachable {
+                        endpoints: settings.display(),
+                        message,
+                    })?,
+            );
     }
     if let Some(auth) = &settings.auth {
         options = options.with_user(auth.user.clone(), auth.password.clone());

@@ -683,9 +683,11 @@ mod tests {
     #[test]
     fn values_near_the_limits_are_errors_not_overflows() {
         use arrow::datatypes::TimeUnit;
-        let mut ts =
-            Builder::try_new(&DataType::Timestamp(TimeUnit::Microsecond, None), &WireType::Timestamp)
-                .unwrap();
+        let mut ts = Builder::try_new(
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+            &WireType::Timestamp,
+        )
+        .unwrap();
         let e = ts.append(&(i64::MAX - 1).to_be_bytes()).unwrap_err();
         assert!(e.contains("out of range"), "{e}");
         ts.append(&0i64.to_be_bytes()).unwrap();
@@ -700,7 +702,9 @@ mod tests {
         // 10000, a weight too large for any decimal, precision 38.
         let mut negative = numeric(0, false, &[1]);
         negative[0..2].copy_from_slice(&(-3i16).to_be_bytes());
-        assert!(decode_numeric(&negative, 10, 2).unwrap_err().contains("malformed"));
+        assert!(decode_numeric(&negative, 10, 2)
+            .unwrap_err()
+            .contains("malformed"));
         assert!(decode_numeric(&numeric(0, false, &[10000]), 10, 2)
             .unwrap_err()
             .contains("base 10000"));

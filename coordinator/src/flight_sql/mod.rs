@@ -278,9 +278,8 @@ fn like_mask(pattern: Option<&str>, values: &[&str], what: &str) -> Result<Vec<b
     };
     let values = arrow::array::StringArray::from(values.to_vec());
     let pattern = arrow::array::Scalar::new(arrow::array::StringArray::from(vec![pattern]));
-    let matched = arrow::compute::kernels::comparison::like(&values, &pattern).map_err(|e| {
-        Status::invalid_argument(format!("{what}: not a usable LIKE pattern: {e}"))
-    })?;
+    let matched = arrow::compute::kernels::comparison::like(&values, &pattern)
+        .map_err(|e| Status::invalid_argument(format!("{what}: not a usable LIKE pattern: {e}")))?;
     Ok((0..matched.len())
         .map(|i| arrow::array::Array::is_valid(&matched, i) && matched.value(i))
         .collect())
@@ -489,7 +488,11 @@ impl FlightSqlService for WeftFlightSql {
             &schemas,
             "db_schema_filter_pattern",
         )?;
-        let table_ok = like_mask(table_pattern.as_deref(), &tables, "table_name_filter_pattern")?;
+        let table_ok = like_mask(
+            table_pattern.as_deref(),
+            &tables,
+            "table_name_filter_pattern",
+        )?;
         let wanted: Vec<(String, String, String)> = names
             .iter()
             .zip(schema_ok.iter().zip(&table_ok))
