@@ -48,6 +48,7 @@ pub(crate) async fn telemetry(
         },
         etcd: Some(etcd.endpoint.clone()),
         http: on,
+        sign_in: None,
     };
     let off = ProcessCluster::start(workers, options(false)).await?;
     let on = ProcessCluster::start(workers, options(true)).await?;

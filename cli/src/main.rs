@@ -77,6 +77,23 @@ enum Cmd {
         /// stderr is a terminal). Never written to stdout.
         #[arg(long, env = "WEFT_PROGRESS", value_enum, default_value_t = progress::ProgressMode::Auto)]
         progress: progress::ProgressMode,
+        /// User to sign in as (password file); the password is read from
+        /// the WEFT_PASSWORD environment variable.
+        #[arg(long, env = "WEFT_USER", conflicts_with = "token")]
+        user: Option<String>,
+        /// Bearer token (a JWT) to send instead of a user and password.
+        #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Add a user to a password file (`weft-coordinator --password-file`)
+    /// or replace their password. The password is read from standard input
+    /// (one line), so it never appears in the process list or shell history.
+    Passwd {
+        /// The password file (created if missing; readable by its owner only).
+        #[arg(long)]
+        file: PathBuf,
+        /// The user name.
+        user: String,
     },
 }
 
@@ -121,12 +138,45 @@ async fn main() {
             file,
             format,
             progress,
-        } => sql(&coordinator, execute, file, format, progress).await,
+            user,
+            token,
+        } => {
+            let credentials = match (user, token) {
+                (Some(user), _) => Some(Credentials::Password {
+                    user,
+                    password: std::env::var("WEFT_PASSWORD").unwrap_or_default(),
+                }),
+                (None, Some(token)) => Some(Credentials::Token(token)),
+                (None, None) => None,
+            };
+            sql(&coordinator, execute, file, format, progress, credentials).await
+        }
+        Cmd::Passwd { file, user } => passwd(&file, &user),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// How `weft sql` signs in.
+enum Credentials {
+    Password { user: String, password: String },
+    Token(String),
+}
+
+fn passwd(file: &std::path::Path, user: &str) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    weft_coordinator::auth::password::set_password(file, user, password)
+        .map_err(anyhow::Error::msg)?;
+    eprintln!("password of {user} set in {}", file.display());
+    Ok(())
 }
 
 async fn local(
@@ -230,6 +280,7 @@ async fn sql(
     file: Option<PathBuf>,
     format: Format,
     progress: progress::ProgressMode,
+    credentials: Option<Credentials>,
 ) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Read};
     let text = match (execute, file) {
@@ -246,7 +297,7 @@ async fn sql(
             Some(text)
         }
     };
-    let mut session = Session::connect(coordinator, progress.enabled()).await?;
+    let mut session = Session::connect(coordinator, progress.enabled(), credentials).await?;
     match text {
         Some(text) => {
             for statement in statements(&text)? {
@@ -264,11 +315,17 @@ pub(crate) struct Session {
     client: FlightSqlServiceClient<tonic::transport::Channel>,
     /// For the progress line's `weft.query_progress` calls.
     flight: arrow_flight::flight_service_client::FlightServiceClient<tonic::transport::Channel>,
+    /// Bearer token of every call (from the sign-in, or given).
+    token: Option<String>,
     progress: bool,
 }
 
 impl Session {
-    async fn connect(coordinator: &str, progress: bool) -> anyhow::Result<Self> {
+    async fn connect(
+        coordinator: &str,
+        progress: bool,
+        credentials: Option<Credentials>,
+    ) -> anyhow::Result<Self> {
         let url = coordinator.replacen("grpc://", "http://", 1);
         let channel = Endpoint::from_shared(url.clone())
             .with_context(|| format!("invalid coordinator URL {coordinator}"))?
@@ -278,8 +335,19 @@ impl Session {
         let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
             .max_decoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE);
+        let mut client = FlightSqlServiceClient::new_from_inner(inner.clone());
+        match credentials {
+            Some(Credentials::Password { user, password }) => {
+                client.handshake(&user, &password).await.map_err(|e| {
+                    anyhow::anyhow!("cannot sign in as {user}: {}", flight_message(e))
+                })?;
+            }
+            Some(Credentials::Token(token)) => client.set_token(token),
+            None => {}
+        }
         Ok(Self {
-            client: FlightSqlServiceClient::new_from_inner(inner.clone()),
+            token: client.token().cloned(),
+            client,
             flight: inner,
             progress,
         })
@@ -288,7 +356,8 @@ impl Session {
     /// Runs one statement and reads all of its results; the progress line
     /// (if on) is drawn meanwhile and cleared before this returns.
     pub(crate) async fn run(&mut self, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
-        let line = progress::ProgressLine::start(self.progress, self.flight.clone());
+        let line =
+            progress::ProgressLine::start(self.progress, self.flight.clone(), self.token.clone());
         let info = self
             .client
             .execute(sql.to_string(), None)

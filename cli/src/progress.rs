@@ -55,7 +55,11 @@ pub(crate) struct ProgressLine {
 
 impl ProgressLine {
     /// Starts drawing (a no-op line when `enabled` is false).
-    pub(crate) fn start(enabled: bool, client: FlightServiceClient<Channel>) -> Self {
+    pub(crate) fn start(
+        enabled: bool,
+        client: FlightServiceClient<Channel>,
+        token: Option<String>,
+    ) -> Self {
         let query_id = Arc::new(Mutex::new(None));
         let stopped = Arc::new(AtomicBool::new(false));
         if !enabled {
@@ -65,7 +69,12 @@ impl ProgressLine {
                 task: None,
             };
         }
-        let task = tokio::spawn(draw(client, Arc::clone(&query_id), Arc::clone(&stopped)));
+        let task = tokio::spawn(draw(
+            client,
+            token,
+            Arc::clone(&query_id),
+            Arc::clone(&stopped),
+        ));
         Self {
             query_id,
             stopped,
@@ -97,6 +106,7 @@ fn clear() {
 
 async fn draw(
     mut client: FlightServiceClient<Channel>,
+    token: Option<String>,
     query_id: Arc<Mutex<Option<String>>>,
     stopped: Arc<AtomicBool>,
 ) {
@@ -107,7 +117,7 @@ async fn draw(
         let id = query_id.lock().clone();
         let line = match id {
             None => format!("planning  {}", clock(started.elapsed())),
-            Some(id) => match fetch(&mut client, &id).await {
+            Some(id) => match fetch(&mut client, token.as_deref(), &id).await {
                 Some(p) => {
                     let rows = p["rows"].as_u64().unwrap_or(0);
                     let now = Instant::now();
@@ -133,11 +143,20 @@ async fn draw(
     }
 }
 
-async fn fetch(client: &mut FlightServiceClient<Channel>, id: &str) -> Option<serde_json::Value> {
-    let action = Action {
+async fn fetch(
+    client: &mut FlightServiceClient<Channel>,
+    token: Option<&str>,
+    id: &str,
+) -> Option<serde_json::Value> {
+    let mut action = tonic::Request::new(Action {
         r#type: QUERY_PROGRESS_ACTION.to_string(),
         body: id.as_bytes().to_vec().into(),
-    };
+    });
+    if let Some(token) = token {
+        action
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().ok()?);
+    }
     let mut stream = tokio::time::timeout(TICK * 4, client.do_action(action))
         .await
         .ok()?

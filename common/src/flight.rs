@@ -2,6 +2,7 @@
 //! cached client channels, and error mapping at the gRPC boundary.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
@@ -11,7 +12,10 @@ use datafusion::error::DataFusionError;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use prost::Message;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::{ClusterSecret, NODE_TOKEN_METADATA};
 
 /// `DoAction` types a worker serves.
 pub mod actions {
@@ -48,10 +52,43 @@ const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// consumer that is not reading.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 
+/// Signs every internal RPC with a node token ([`crate::auth`]) when the
+/// cluster has a secret.
+#[derive(Debug, Clone, Default)]
+pub struct NodeAuth {
+    secret: Option<Arc<ClusterSecret>>,
+}
+
+impl NodeAuth {
+    pub fn new(secret: Option<Arc<ClusterSecret>>) -> Self {
+        Self { secret }
+    }
+}
+
+impl tonic::service::Interceptor for NodeAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(secret) = &self.secret {
+            let token = secret
+                .node_token()
+                .parse()
+                .map_err(|_| tonic::Status::internal("a node token is not valid metadata"))?;
+            request.metadata_mut().insert(NODE_TOKEN_METADATA, token);
+        }
+        Ok(request)
+    }
+}
+
+/// A Flight client to another node, signing its calls.
+pub type NodeClient = FlightServiceClient<InterceptedService<Channel, NodeAuth>>;
+
 /// Lazily connected, cached channels to workers by address.
 #[derive(Debug, Default)]
 pub struct ClientPool {
     channels: Mutex<HashMap<String, Channel>>,
+    auth: NodeAuth,
 }
 
 impl ClientPool {
@@ -59,8 +96,16 @@ impl ClientPool {
         Self::default()
     }
 
+    /// A pool whose calls carry node tokens signed with `secret` (none: unsigned).
+    pub fn with_cluster_secret(secret: Option<Arc<ClusterSecret>>) -> Self {
+        Self {
+            channels: Mutex::default(),
+            auth: NodeAuth::new(secret),
+        }
+    }
+
     /// A Flight client for `address` (`http://host:port`).
-    pub fn client(&self, address: &str) -> Result<FlightServiceClient<Channel>, DataFusionError> {
+    pub fn client(&self, address: &str) -> Result<NodeClient, DataFusionError> {
         let channel = {
             let mut channels = self.channels.lock();
             match channels.get(address) {
@@ -90,9 +135,11 @@ impl ClientPool {
                 }
             }
         };
-        Ok(FlightServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE))
+        Ok(
+            FlightServiceClient::with_interceptor(channel, self.auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
     }
 
     /// Runs a `DoAction` and returns the body of its single result.

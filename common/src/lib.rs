@@ -1,6 +1,7 @@
 //! Shared building blocks of Weft's coordinator and workers.
 //!
 //! - [`config`]: the catalog file (TOML) and `${ENV:NAME}` substitution;
+//! - [`auth`]: the cluster secret, node tokens, signed result grants;
 //! - [`catalog`]: registers catalogs into a DataFusion session;
 //! - [`registry`]: worker membership, in etcd or in memory;
 //! - [`exchange`]: [`exchange::StageReaderExec`] (reads another stage over
@@ -21,6 +22,7 @@
 //! assert_eq!(c.effective_default(), Some("tpch"));
 //! ```
 
+pub mod auth;
 pub mod catalog;
 pub mod codec;
 pub mod config;

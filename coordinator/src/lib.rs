@@ -19,11 +19,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod engine;
 pub mod flight_sql;
 pub mod planner;
 pub mod queries;
 pub mod scheduler;
+pub mod surface;
 pub mod system;
 
 use std::net::SocketAddr;
@@ -63,6 +65,8 @@ pub struct CoordinatorConfig {
     /// The membership registry, asked by `/readyz` whether it answers
     /// (etcd reachable); `None` = only live workers are checked.
     pub registry: Option<Arc<dyn Registry>>,
+    /// Client authentication (password file, JWT); default: none.
+    pub auth: auth::AuthSettings,
 }
 
 impl CoordinatorConfig {
@@ -73,6 +77,7 @@ impl CoordinatorConfig {
             engine: EngineSettings::default(),
             http_listen: None,
             registry: None,
+            auth: auth::AuthSettings::default(),
         }
     }
 }
@@ -156,6 +161,10 @@ impl Coordinator {
             );
         }
 
+        let authenticator = Arc::new(
+            auth::Authenticator::new(&config.auth, config.engine.cluster_secret.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        );
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -165,8 +174,10 @@ impl Coordinator {
             None => None,
         };
         let addr = listener.local_addr()?;
-        let service =
-            flight_sql::poll::WithPoll::new(flight_sql::WeftFlightSql::new(Arc::clone(&engine)));
+        let service = flight_sql::poll::WithPoll::with_auth(
+            flight_sql::WeftFlightSql::new(Arc::clone(&engine)),
+            authenticator,
+        );
         let service = FlightServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -345,7 +356,7 @@ impl CoordinatorHandle {
                 timeout.as_secs()
             );
             for q in self.engine.queries.active() {
-                let _ = self.engine.cancel(&q.id).await;
+                let _ = self.engine.cancel(&q.id, &auth::Identity::open()).await;
             }
         }
         self.shutdown().await;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use weft_common::auth::{check_exposure, NodeSecurityArgs};
 use weft_common::config::CatalogsConfig;
 use weft_common::registry::{EtcdArgs, EtcdRegistry, Registry};
 use weft_common::telemetry::traces::TracingOptions;
@@ -21,6 +22,44 @@ struct Args {
     listen: SocketAddr,
     #[command(flatten)]
     etcd: EtcdArgs,
+    #[command(flatten)]
+    security: NodeSecurityArgs,
+    /// Password file (`user:hash` lines, bcrypt or argon2; `weft passwd
+    /// --file FILE USER` adds users); re-read when it changes. Clients sign
+    /// in with Basic credentials in the Flight SQL handshake.
+    #[arg(long, env = "WEFT_PASSWORD_FILE", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// JWT verification key: an HS256 secret, or an RSA (RS256) or EC P-256
+    /// (ES256) public key in PEM; re-read when it changes. Clients send
+    /// `authorization: Bearer <JWT>`.
+    #[arg(
+        long,
+        env = "WEFT_JWT_KEY_FILE",
+        value_name = "FILE",
+        conflicts_with = "jwt_jwks_file"
+    )]
+    jwt_key_file: Option<PathBuf>,
+    /// JWT verification keys as a JSON Web Key Set (the token's kid picks one).
+    #[arg(long, env = "WEFT_JWT_JWKS_FILE", value_name = "FILE")]
+    jwt_jwks_file: Option<PathBuf>,
+    /// Required `iss` of JWTs.
+    #[arg(long, env = "WEFT_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` of JWTs.
+    #[arg(long, env = "WEFT_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// The JWT claim that names the user.
+    #[arg(long, env = "WEFT_JWT_USER_CLAIM", default_value = "sub")]
+    jwt_user_claim: String,
+    /// A user who may see, read and cancel every user's queries (repeat the
+    /// flag, or a comma-separated list in the environment).
+    #[arg(
+        long = "admin-user",
+        env = "WEFT_ADMIN_USERS",
+        value_delimiter = ',',
+        value_name = "USER"
+    )]
+    admin_users: Vec<String>,
     /// Catalog file (TOML) describing the data sources.
     #[arg(long, env = "WEFT_CATALOGS")]
     catalogs: PathBuf,
@@ -80,12 +119,36 @@ async fn main() -> anyhow::Result<()> {
         log_to_stderr: false,
     })
     .map_err(anyhow::Error::msg)?;
+    let cluster_secret = args.security.cluster_secret().map_err(anyhow::Error::msg)?;
+    let jwt = (args.jwt_key_file.is_some() || args.jwt_jwks_file.is_some()).then(|| {
+        weft_coordinator::auth::jwt::JwtSettings {
+            key_file: args.jwt_key_file.clone(),
+            jwks_file: args.jwt_jwks_file.clone(),
+            issuer: args.jwt_issuer.clone(),
+            audience: args.jwt_audience.clone(),
+            user_claim: args.jwt_user_claim.clone(),
+        }
+    });
+    let auth = weft_coordinator::auth::AuthSettings {
+        password_file: args.password_file.clone(),
+        jwt,
+        admins: args.admin_users.clone(),
+    };
+    check_exposure(
+        args.listen,
+        auth.password_file.is_some() || auth.jwt.is_some(),
+        args.security.insecure,
+        "--password-file FILE or --jwt-key-file/--jwt-jwks-file FILE",
+    )
+    .map_err(anyhow::Error::msg)?;
     let catalogs = CatalogsConfig::load(&args.catalogs)?;
     let settings = args.etcd.settings().map_err(anyhow::Error::msg)?;
     let registry = EtcdRegistry::connect(settings, args.etcd.connect_timeout()).await?;
     registry.start_watch().await?;
     let members = registry.members();
     let mut config = CoordinatorConfig::new(args.listen, catalogs);
+    config.auth = auth;
+    config.engine.cluster_secret = cluster_secret;
     config.http_listen =
         weft_common::telemetry::http::http_listen_address(args.http_listen.as_deref(), args.listen)
             .map_err(anyhow::Error::msg)?;

@@ -95,6 +95,8 @@ impl QueryProgress {
 pub struct Query {
     pub id: String,
     pub sql: String,
+    /// Who started it: only they (or an admin) may read, poll, cancel or see it.
+    pub identity: crate::auth::Identity,
     pub created: Instant,
     /// When the query reached a terminal state.
     ended: Mutex<Option<Instant>>,
@@ -359,10 +361,11 @@ pub struct QueryManager {
 const KEEP_ENDED: Duration = Duration::from_secs(600);
 
 impl QueryManager {
-    pub fn create(&self, sql: &str) -> Arc<Query> {
+    pub fn create(&self, sql: &str, identity: crate::auth::Identity) -> Arc<Query> {
         let q = Arc::new(Query {
             id: uuid::Uuid::new_v4().to_string(),
             sql: sql.to_string(),
+            identity,
             created: Instant::now(),
             ended: Mutex::new(None),
             state: Mutex::new(QueryState::Queued),

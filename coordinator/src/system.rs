@@ -1,7 +1,7 @@
 //! The `system` catalog: the coordinator's live state as SQL tables.
 //!
 //! ```sql
-//! SELECT * FROM system.runtime.queries;   -- every query of the last 10 minutes
+//! SELECT * FROM system.runtime.queries;   -- your queries of the last 10 minutes (an admin: everyone's)
 //! SELECT * FROM system.runtime.stages WHERE query_id = '...';
 //! SELECT * FROM system.runtime.workers;   -- the membership (state: active, or draining = no new tasks)
 //! ```
@@ -17,6 +17,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+
+use crate::auth::Identity;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
 use datafusion::common::{plan_err, Result};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -108,6 +110,7 @@ impl RuntimeTable {
                 Field::new("tasks_done", DataType::UInt64, false),
                 Field::new("progress", DataType::Float64, false),
                 Field::new("sql", DataType::Utf8, false),
+                Field::new("user", DataType::Utf8, false),
             ],
             RuntimeTable::Stages => vec![
                 Field::new("query_id", DataType::Utf8, false),
@@ -138,7 +141,9 @@ struct RuntimeTableProvider {
 }
 
 impl RuntimeTableProvider {
-    async fn rows(&self, engine: &Engine) -> Result<RecordBatch> {
+    /// The rows `identity` may see: only their own queries (and their
+    /// stages) unless they are an admin.
+    async fn rows(&self, engine: &Engine, identity: &Identity) -> Result<RecordBatch> {
         let schema = self.table.schema();
         let columns: Vec<ArrayRef> = match self.table {
             RuntimeTable::Workers => {
@@ -165,6 +170,7 @@ impl RuntimeTableProvider {
             }
             RuntimeTable::Queries | RuntimeTable::Stages => {
                 let mut queries = engine.queries.all();
+                queries.retain(|q| identity.may_access(&q.identity.user));
                 queries.sort_by_key(|q| q.created);
                 let progress =
                     futures::future::join_all(queries.iter().map(|q| q.progress(&engine.clients)))
@@ -183,6 +189,7 @@ impl RuntimeTableProvider {
                         );
                         let mut fraction = Float64Builder::new();
                         let mut sql = StringBuilder::new();
+                        let mut user = StringBuilder::new();
                         for (q, p) in queries.iter().zip(&progress) {
                             let s = q.state();
                             id.append_value(&q.id);
@@ -205,6 +212,7 @@ impl RuntimeTableProvider {
                                 p.fraction_done()
                             });
                             sql.append_value(&q.sql);
+                            user.append_value(&q.identity.user);
                         }
                         vec![
                             Arc::new(id.finish()),
@@ -217,6 +225,7 @@ impl RuntimeTableProvider {
                             Arc::new(done.finish()),
                             Arc::new(fraction.finish()),
                             Arc::new(sql.finish()),
+                            Arc::new(user.finish()),
                         ]
                     }
                     _ => {
@@ -265,7 +274,7 @@ impl TableProvider for RuntimeTableProvider {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
@@ -273,7 +282,17 @@ impl TableProvider for RuntimeTableProvider {
         let Some(engine) = self.engine.upgrade() else {
             return plan_err!("the coordinator is shutting down");
         };
-        let batch = self.rows(&engine).await?;
+        let identity = state
+            .config()
+            .options()
+            .extensions
+            .get::<Identity>()
+            .cloned()
+            .unwrap_or(Identity {
+                user: String::new(),
+                admin: false,
+            });
+        let batch = self.rows(&engine, &identity).await?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             self.schema(),

@@ -121,6 +121,9 @@ pub struct ProcessOptions {
     /// (`--http-listen none`: no metrics recorded) readiness is read from
     /// the nodes' start-up lines and the coordinator's worker list.
     pub http: bool,
+    /// User and password the harness signs in with for its own queries
+    /// (a coordinator with a password file); `None` = no sign-in.
+    pub sign_in: Option<(String, String)>,
 }
 
 /// Coordinator and workers as separate processes.
@@ -177,7 +180,7 @@ impl ProcessCluster {
         let want = self.workers.len().to_string();
         loop {
             let sql = "SELECT count(*) AS n FROM system.runtime.workers";
-            let seen = match crate::connect(&self.flight_url()).await {
+            let seen = match self.client().await {
                 Ok(mut c) => crate::run_sql(&mut c, sql)
                     .await
                     .ok()
@@ -229,6 +232,19 @@ impl ProcessCluster {
         Ok(i)
     }
 
+    /// A Flight SQL client of the coordinator, signed in as
+    /// [`ProcessOptions::sign_in`] says.
+    pub async fn client(
+        &self,
+    ) -> anyhow::Result<arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>>
+    {
+        let mut client = crate::connect(&self.flight_url()).await?;
+        if let Some((user, password)) = &self.options.sign_in {
+            client.handshake(user, password).await?;
+        }
+        Ok(client)
+    }
+
     /// `grpc`-style URL of the coordinator for Flight SQL clients (`http://`).
     pub fn flight_url(&self) -> String {
         format!("http://{}", self.coordinator.flight)
@@ -273,7 +289,7 @@ impl ProcessCluster {
             let started = log.contains("serving Flight");
             let ready = if started && path == "/readyz" && node.name == "coordinator" {
                 let sql = "SELECT count(*) AS n FROM system.runtime.workers";
-                match crate::connect(&self.flight_url()).await {
+                match self.client().await {
                     Ok(mut c) => {
                         crate::run_sql(&mut c, sql)
                             .await

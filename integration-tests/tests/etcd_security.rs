@@ -95,6 +95,7 @@ async fn tls_with_client_certificates() {
                 args: tls_args,
                 etcd: Some(etcd.endpoint.clone()),
                 http: true,
+                sign_in: None,
             },
         )
         .await
@@ -144,6 +145,7 @@ async fn user_and_password() {
                 args: vec!["--etcd-user".into(), "root".into()],
                 etcd: Some(etcd.endpoint.clone()),
                 http: true,
+                sign_in: None,
             },
         )
         .await

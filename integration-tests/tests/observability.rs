@@ -180,6 +180,7 @@ async fn scenario() {
             args: Vec::new(),
             etcd: None,
             http: true,
+            sign_in: None,
         },
     )
     .await

@@ -59,6 +59,7 @@ async fn scenario() {
             args: vec!["--otlp-endpoint".into(), receiver.endpoint()],
             etcd: None,
             http: true,
+            sign_in: None,
         },
     )
     .await

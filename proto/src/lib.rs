@@ -8,7 +8,7 @@
 //! ```
 //! use prost::Message;
 //! use weft_proto::{PartitionTicket, TaskId};
-//! let t = PartitionTicket { task: Some(TaskId { query_id: "q".into(), stage_id: 1, task_index: 0 }), partition: 3 };
+//! let t = PartitionTicket { task: Some(TaskId { query_id: "q".into(), stage_id: 1, task_index: 0 }), partition: 3, grant: None };
 //! let back = PartitionTicket::decode(t.encode_to_vec().as_slice()).unwrap();
 //! assert_eq!(back.partition, 3);
 //! ```

@@ -63,6 +63,9 @@ pub struct WorkerConfig {
     pub http_listen: Option<SocketAddr>,
     /// A trace span per operator of every task (deep dives; costs time).
     pub trace_operators: bool,
+    /// Signs this worker's calls to other workers and refuses calls that
+    /// are not signed (`--cluster-secret-file`); `None` = open.
+    pub cluster_secret: Option<Arc<weft_common::auth::ClusterSecret>>,
 }
 
 impl WorkerConfig {
@@ -78,6 +81,7 @@ impl WorkerConfig {
             catalogs: CatalogsConfig::default(),
             http_listen: None,
             trace_operators: false,
+            cluster_secret: None,
         }
     }
 }
@@ -144,7 +148,10 @@ impl Worker {
         for e in errors {
             tracing::error!("{e}; the other catalogs stay available");
         }
-        let codec = WeftCodec::new(Arc::new(ClientPool::new())).with_extension(connectors.codec());
+        let codec = WeftCodec::new(Arc::new(ClientPool::with_cluster_secret(
+            config.cluster_secret.clone(),
+        )))
+        .with_extension(connectors.codec());
         let runtime = runtime(config.memory_limit)?;
         // Files catalogs on object stores: plans name the URL, this process
         // supplies the store and its credentials.
@@ -166,9 +173,12 @@ impl Worker {
             weft_common::telemetry::register_role(Role::Worker);
             weft_common::telemetry::add_gauge_source(&gauges);
         }
-        let service = FlightServiceServer::new(WorkerService::new(Arc::clone(&tasks)))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let service = FlightServiceServer::new(
+            WorkerService::new(Arc::clone(&tasks))
+                .with_cluster_secret(config.cluster_secret.clone()),
+        )
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         // Accepted sockets need TCP_NODELAY set here: the builder's setting only
         // applies when tonic binds the listener itself.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use weft_common::auth::{check_exposure, NodeSecurityArgs};
 use weft_common::config::CatalogsConfig;
 use weft_common::registry::{EtcdArgs, EtcdRegistry};
 use weft_common::telemetry::traces::TracingOptions;
@@ -25,6 +26,8 @@ struct Args {
     advertise: Option<String>,
     #[command(flatten)]
     etcd: EtcdArgs,
+    #[command(flatten)]
+    security: NodeSecurityArgs,
     /// Catalog file (TOML) describing the data sources.
     #[arg(long, env = "WEFT_CATALOGS")]
     catalogs: PathBuf,
@@ -72,6 +75,14 @@ async fn main() -> anyhow::Result<()> {
         log_to_stderr: false,
     })
     .map_err(anyhow::Error::msg)?;
+    let cluster_secret = args.security.cluster_secret().map_err(anyhow::Error::msg)?;
+    check_exposure(
+        args.listen,
+        cluster_secret.is_some(),
+        args.security.insecure,
+        "--cluster-secret-file FILE (the same file on every node)",
+    )
+    .map_err(anyhow::Error::msg)?;
     // Validated at startup so a bad file fails here, not in the middle of a query.
     let catalogs = CatalogsConfig::load(&args.catalogs)?;
     let mut settings = args.etcd.settings().map_err(anyhow::Error::msg)?;
@@ -86,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     config.memory_limit = args.memory_limit;
     config.trace_operators = args.trace_operators;
     config.catalogs = catalogs;
+    config.cluster_secret = cluster_secret;
     config.http_listen =
         weft_common::telemetry::http::http_listen_address(args.http_listen.as_deref(), args.listen)
             .map_err(anyhow::Error::msg)?;

@@ -14,7 +14,9 @@ use arrow_flight::{
 };
 use futures::{Stream, TryStreamExt};
 use prost::Message;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
+use weft_common::auth::{ClusterSecret, ResultGrant, NODE_TOKEN_METADATA};
 use weft_common::flight::actions;
 use weft_proto::{
     CancelResult, LaunchTask, LaunchTaskResult, PartitionTicket, QueryRef, QueryStatus,
@@ -26,11 +28,67 @@ use crate::tasks::{TaskError, TaskManager};
 #[derive(Debug, Clone)]
 pub struct WorkerService {
     tasks: Arc<TaskManager>,
+    /// With a cluster secret, every call must carry a node token (or, for a
+    /// `DoGet`, a ticket with a valid grant).
+    secret: Option<Arc<ClusterSecret>>,
 }
 
 impl WorkerService {
     pub fn new(tasks: Arc<TaskManager>) -> Self {
-        Self { tasks }
+        Self {
+            tasks,
+            secret: None,
+        }
+    }
+
+    /// Accepts only calls signed with `secret` ([`weft_common::auth`]).
+    pub fn with_cluster_secret(mut self, secret: Option<Arc<ClusterSecret>>) -> Self {
+        self.secret = secret;
+        self
+    }
+
+    /// Whether the caller is a member of the cluster.
+    fn authorize_node(&self, metadata: &MetadataMap, rpc: &str) -> Result<(), Status> {
+        let Some(secret) = &self.secret else {
+            return Ok(());
+        };
+        let refused = |why: String| {
+            tracing::warn!(worker = %self.tasks.worker_id(), rpc, "refused an internal call: {why}");
+            Status::unauthenticated(format!(
+                "{rpc} refused: {why}; workers accept internal calls only from nodes of their cluster \
+                 (clients connect to the coordinator)"
+            ))
+        };
+        let token = metadata
+            .get(NODE_TOKEN_METADATA)
+            .ok_or_else(|| refused(format!("no node token ({NODE_TOKEN_METADATA}) was sent")))?
+            .to_str()
+            .map_err(|_| refused("the node token is not text".into()))?;
+        secret.verify_node_token(token).map_err(refused)
+    }
+
+    /// A `DoGet` needs a node token, or a ticket whose grant covers its query.
+    fn authorize_read(
+        &self,
+        metadata: &MetadataMap,
+        ticket: &PartitionTicket,
+    ) -> Result<(), Status> {
+        let (Some(secret), Some(grant)) = (&self.secret, &ticket.grant) else {
+            return self.authorize_node(metadata, "DoGet");
+        };
+        if metadata.contains_key(NODE_TOKEN_METADATA) {
+            return self.authorize_node(metadata, "DoGet");
+        }
+        let query = ticket.task.as_ref().map_or("", |t| t.query_id.as_str());
+        let grant = ResultGrant {
+            user: grant.user.clone(),
+            expires: grant.expires,
+            signature: grant.signature.to_vec(),
+        };
+        secret.verify_grant(query, &grant).map_err(|why| {
+            tracing::warn!(worker = %self.tasks.worker_id(), "refused a result read: {why}");
+            Status::unauthenticated(format!("DoGet refused: {why}"))
+        })
     }
 }
 
@@ -145,6 +203,7 @@ impl FlightService for WorkerService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket: PartitionTicket = decode(&request.get_ref().ticket, "partition ticket")?;
+        self.authorize_read(request.metadata(), &ticket)?;
         let id = ticket.task.unwrap_or_default();
         let span = tracing::info_span!(
             "serve_output",
@@ -199,6 +258,7 @@ impl FlightService for WorkerService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let (metadata, _, action) = request.into_parts();
+        self.authorize_node(&metadata, &action.r#type)?;
         match action.r#type.as_str() {
             actions::LAUNCH_TASK => {
                 let launch: LaunchTask = decode(&action.body, "launch request")?;

@@ -321,6 +321,7 @@ impl ExecutionPlan for StageReaderExec {
             let ticket = PartitionTicket {
                 task: Some(task),
                 partition: output,
+                grant: None,
             };
             let span = span(FLIGHT);
             builder.spawn(async move {

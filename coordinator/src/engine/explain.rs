@@ -21,6 +21,7 @@ impl Engine {
         &self,
         sql: &str,
         analyze: &datafusion::logical_expr::Analyze,
+        identity: &crate::auth::Identity,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, DataFusionError> {
         let parsed = datafusion::sql::parser::DFParser::parse_sql(sql)?;
         let inner = match parsed.front() {
@@ -33,14 +34,14 @@ impl Engine {
         };
         let started = std::time::Instant::now();
         let query = self
-            .start_query_with(&inner, true)
+            .start_query_with(&inner, identity, true)
             .await
             .map_err(|s| DataFusionError::Execution(s.message().to_string()))?;
         let endpoints = query.run_info().map(|r| r.endpoints.len()).unwrap_or(0);
         let (mut rows, mut bytes) = (0u64, 0u64);
         for e in 0..endpoints {
             let mut stream = self
-                .stream(&query.id, e as u32)
+                .stream(&query.id, e as u32, identity)
                 .await
                 .map_err(|s| DataFusionError::Execution(s.message().to_string()))?;
             while let Some(data) = stream.next().await {

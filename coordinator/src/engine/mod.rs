@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::Identity;
 use arrow_flight::{FlightData, Ticket};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
@@ -50,6 +51,9 @@ pub struct EngineSettings {
     pub max_queued_queries: usize,
     /// How long a query may wait in the queue before it fails.
     pub queue_timeout: std::time::Duration,
+    /// Signs calls to workers and direct-results tickets
+    /// (`--cluster-secret-file`); `None` = unsigned.
+    pub cluster_secret: Option<Arc<weft_common::auth::ClusterSecret>>,
 }
 
 impl Default for EngineSettings {
@@ -63,6 +67,7 @@ impl Default for EngineSettings {
             max_running_queries: None,
             max_queued_queries: 1000,
             queue_timeout: std::time::Duration::from_secs(300),
+            cluster_secret: None,
         }
     }
 }
@@ -117,7 +122,9 @@ impl Engine {
         settings: EngineSettings,
         connectors: Arc<dyn datafusion_proto::physical_plan::PhysicalExtensionCodec>,
     ) -> Self {
-        let clients = Arc::new(ClientPool::new());
+        let clients = Arc::new(ClientPool::with_cluster_secret(
+            settings.cluster_secret.clone(),
+        ));
         let last_members = parking_lot::Mutex::new(Arc::clone(&members.borrow()));
         Self {
             ctx,
@@ -151,12 +158,13 @@ impl Engine {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// A session for one query, sized for the current cluster.
-    fn session_for(&self, slots: usize) -> SessionContext {
+    /// A session for one query of `identity`, sized for the current cluster.
+    fn session_for(&self, slots: usize, identity: &Identity) -> SessionContext {
         let state = self.ctx.state();
         let mut config = state.config().clone();
         let partitions = self.settings.target_partitions.unwrap_or(slots).max(1);
         config.options_mut().execution.target_partitions = partitions;
+        config.options_mut().extensions.insert(identity.clone());
         let state = SessionStateBuilder::new_from_existing(state)
             .with_config(config)
             .build();
@@ -167,6 +175,7 @@ impl Engine {
     pub async fn plan(
         &self,
         sql: &str,
+        identity: &Identity,
     ) -> Result<
         (
             SessionContext,
@@ -175,15 +184,16 @@ impl Engine {
         DataFusionError,
     > {
         let slots = total_slots(&self.schedulable_workers()).max(1);
-        let ctx = self.session_for(slots);
+        let ctx = self.session_for(slots, identity);
         let logical = ctx.state().create_logical_plan(sql).await?;
+        crate::surface::check_read_only(&logical)?;
         match &logical {
             datafusion::logical_expr::LogicalPlan::Explain(explain) => {
                 let plan = self.explain(&ctx, explain).await?;
                 return Ok((ctx, plan));
             }
             datafusion::logical_expr::LogicalPlan::Analyze(analyze) => {
-                let plan = Box::pin(self.explain_analyze(sql, analyze)).await?;
+                let plan = Box::pin(self.explain_analyze(sql, analyze, identity)).await?;
                 return Ok((ctx, plan));
             }
             _ => {}
@@ -194,41 +204,53 @@ impl Engine {
         Ok((ctx, plan))
     }
 
-    /// The schema `sql` will return, without running anything: DDL such as
-    /// `CREATE VIEW` is not executed (prepared statements run it later).
+    /// The schema `sql` will return, without running anything (a statement
+    /// the read-only surface refuses is refused here already).
     pub async fn result_schema(
         &self,
         sql: &str,
+        identity: &Identity,
     ) -> Result<arrow::datatypes::SchemaRef, DataFusionError> {
         let slots = total_slots(&self.schedulable_workers()).max(1);
-        let state = self.session_for(slots).state();
+        let state = self.session_for(slots, identity).state();
         let logical = state.create_logical_plan(sql).await?;
-        if matches!(
-            logical,
-            datafusion::logical_expr::LogicalPlan::Ddl(_)
-                | datafusion::logical_expr::LogicalPlan::Dml(_)
-                | datafusion::logical_expr::LogicalPlan::Statement(_)
-        ) {
+        crate::surface::check_read_only(&logical)?;
+        if matches!(logical, datafusion::logical_expr::LogicalPlan::Statement(_)) {
             return Ok(Arc::new(logical.schema().as_arrow().clone()));
         }
         let physical = state.create_physical_plan(&logical).await?;
         Ok(plain_string_output(physical)?.schema())
     }
 
-    /// Plans and starts a query; its results are read with [`Engine::stream`].
-    pub async fn start_query(&self, sql: &str) -> Result<Arc<Query>, Status> {
-        self.start_query_with(sql, false).await
+    /// Plans and starts a query of `identity`; its results are read with
+    /// [`Engine::stream`].
+    pub async fn start_query(&self, sql: &str, identity: &Identity) -> Result<Arc<Query>, Status> {
+        self.start_query_with(sql, identity, false).await
+    }
+
+    /// The query `query_id` if `identity` may see it; another user's query
+    /// is "unknown", exactly like one that does not exist.
+    pub fn query_for(&self, query_id: &str, identity: &Identity) -> Result<Arc<Query>, Status> {
+        self.queries
+            .get(query_id)
+            .filter(|q| identity.may_access(&q.identity.user))
+            .ok_or_else(|| Status::not_found(format!("query {query_id} is unknown or expired")))
     }
 
     /// [`Engine::start_query`]; `describe` keeps the text of every stage
     /// (for EXPLAIN ANALYZE).
-    async fn start_query_with(&self, sql: &str, describe: bool) -> Result<Arc<Query>, Status> {
+    async fn start_query_with(
+        &self,
+        sql: &str,
+        identity: &Identity,
+        describe: bool,
+    ) -> Result<Arc<Query>, Status> {
         if self.is_draining() {
             return Err(Status::unavailable(
                 "weft: this coordinator is shutting down and accepts no new queries; retry, and the service sends you to another coordinator",
             ));
         }
-        let query = self.queries.create(sql);
+        let query = self.queries.create(sql, identity.clone());
         query
             .describe
             .store(describe, std::sync::atomic::Ordering::SeqCst);
@@ -348,7 +370,7 @@ impl Engine {
             return Err(ScheduleError::NoWorkers.into());
         }
         let (ctx, plan) = self
-            .plan(&query.sql)
+            .plan(&query.sql, &query.identity)
             .instrument(tracing::info_span!("planning"))
             .await
             .map_err(datafusion_to_status)?;
@@ -478,12 +500,10 @@ impl Engine {
         &self,
         query_id: &str,
         endpoint: u32,
+        identity: &Identity,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>, Status>
     {
-        let query = self
-            .queries
-            .get(query_id)
-            .ok_or_else(|| Status::not_found(format!("query {query_id} is unknown or expired")))?;
+        let query = self.query_for(query_id, identity)?;
         match query.state() {
             QueryState::Failed(m) => {
                 return Err(Status::aborted(format!("query {query_id} failed: {m}")))
@@ -510,6 +530,7 @@ impl Engine {
                 task_index: location.task_index,
             }),
             partition: output,
+            grant: None,
         };
         let mut client = self
             .clients
@@ -583,11 +604,8 @@ impl Engine {
     }
 
     /// Cancels a query on every worker. Returns false if it had already ended.
-    pub async fn cancel(&self, query_id: &str) -> Result<bool, Status> {
-        let query = self
-            .queries
-            .get(query_id)
-            .ok_or_else(|| Status::not_found(format!("query {query_id} is unknown or expired")))?;
+    pub async fn cancel(&self, query_id: &str, identity: &Identity) -> Result<bool, Status> {
+        let query = self.query_for(query_id, identity)?;
         let moved = query.transition(QueryState::Cancelled);
         if let Some(run) = query.run_info() {
             scheduler::notify_workers(&self.clients, &run.workers, &query, true).await;
@@ -603,7 +621,7 @@ impl Engine {
         for q in self.queries.active() {
             if q.is_abandoned(self.settings.result_timeout) {
                 tracing::warn!(query_id = %q.id, "no client read the results within {:?}; cancelling", self.settings.result_timeout);
-                let _ = self.cancel(&q.id).await;
+                let _ = self.cancel(&q.id, &Identity::open()).await;
             }
         }
     }

@@ -25,16 +25,31 @@ use arrow_flight::sql::{
 };
 use arrow_flight::{
     Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
+    FlightDescriptor, FlightEndpoint, FlightInfo, Ticket,
 };
 use futures::{Stream, TryStreamExt};
 use prost::Message;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use weft_common::flight::datafusion_to_status;
 use weft_proto::{PreparedHandle, ResultTicket};
 
+use crate::auth::Identity;
 use crate::engine::Engine;
 use crate::queries::Query;
+
+/// The caller of a request, as the authenticating layer
+/// ([`poll::WithPoll`]) recorded it; a request that did not pass through it
+/// gets a user-less, non-admin identity.
+pub fn caller<T>(request: &Request<T>) -> Identity {
+    request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .unwrap_or(Identity {
+            user: String::new(),
+            admin: false,
+        })
+}
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -82,14 +97,15 @@ impl WeftFlightSql {
         &self.engine
     }
 
-    /// Starts `sql` and describes its result endpoints.
+    /// Starts `sql` for `identity` and describes its result endpoints.
     pub async fn statement_info(
         &self,
         sql: &str,
         descriptor: FlightDescriptor,
+        identity: &Identity,
     ) -> Result<(Arc<Query>, FlightInfo), Status> {
-        let query = self.engine.start_query(sql).await?;
-        let info = flight_info_for(&query, descriptor)?;
+        let query = self.engine.start_query(sql, identity).await?;
+        let info = flight_info_for(&self.engine, &query, descriptor)?;
         Ok((query, info))
     }
 
@@ -148,12 +164,16 @@ fn flight_to_status(e: FlightError) -> Status {
 }
 
 /// FlightInfo announcing exactly the schema the endpoints stream.
-pub fn flight_info_for(query: &Query, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+pub fn flight_info_for(
+    engine: &Engine,
+    query: &Query,
+    descriptor: FlightDescriptor,
+) -> Result<FlightInfo, Status> {
     let run = query
         .run_info()
         .ok_or_else(|| Status::internal(format!("query {} has no running plan", query.id)))?;
     if run.direct {
-        return direct_flight_info(query, &run, descriptor);
+        return direct_flight_info(engine, query, &run, descriptor);
     }
     let endpoints = (0..run.endpoints.len())
         .map(|i| {
@@ -179,12 +199,26 @@ pub fn flight_info_for(query: &Query, descriptor: FlightDescriptor) -> Result<Fl
 }
 
 /// A FlightInfo whose endpoints are the final tasks' outputs on the workers.
+/// With a cluster secret each ticket carries a grant for this query and
+/// user (workers refuse unsigned reads), valid for the result timeout.
 fn direct_flight_info(
+    engine: &Engine,
     query: &Query,
     run: &crate::queries::RunInfo,
     descriptor: FlightDescriptor,
 ) -> Result<FlightInfo, Status> {
     let last_stage = run.stages.len().saturating_sub(1) as u32;
+    let grant = engine.settings.cluster_secret.as_ref().map(|secret| {
+        let expires =
+            weft_common::auth::unix_now() + engine.settings.result_timeout.as_secs().max(60);
+        weft_proto::ResultGrant {
+            user: query.identity.user.clone(),
+            expires,
+            signature: secret
+                .sign_grant(&query.id, &query.identity.user, expires)
+                .into(),
+        }
+    });
     let endpoints = run
         .endpoints
         .iter()
@@ -196,6 +230,7 @@ fn direct_flight_info(
                     task_index: location.task_index,
                 }),
                 partition: *output,
+                grant: grant.clone(),
             };
             let address = location
                 .address
@@ -289,37 +324,14 @@ fn like_mask(pattern: Option<&str>, values: &[&str], what: &str) -> Result<Vec<b
 impl FlightSqlService for WeftFlightSql {
     type FlightService = WeftFlightSql;
 
-    async fn do_handshake(
-        &self,
-        _request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<
-        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
-        Status,
-    > {
-        // Authentication is not enforced yet; any Basic credentials (or none) get
-        // a bearer token so ADBC / JDBC drivers proceed as with a secured server.
-        let token = format!("weft-{}", uuid::Uuid::new_v4().simple());
-        let response = HandshakeResponse {
-            protocol_version: 0,
-            payload: token.clone().into(),
-        };
-        let mut resp: Response<
-            Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>,
-        > = Response::new(Box::pin(futures::stream::iter([Ok(response)])));
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Status::internal("invalid token"))?;
-        resp.metadata_mut().insert("authorization", value);
-        Ok(resp)
-    }
-
     async fn get_flight_info_statement(
         &self,
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let identity = caller(&request);
         let (_, info) = self
-            .statement_info(&query.query, request.into_inner())
+            .statement_info(&query.query, request.into_inner(), &identity)
             .await?;
         Ok(Response::new(info))
     }
@@ -332,8 +344,9 @@ impl FlightSqlService for WeftFlightSql {
         let handle = PreparedHandle::decode(&*cmd.prepared_statement_handle).map_err(|e| {
             Status::invalid_argument(format!("malformed prepared statement handle: {e}"))
         })?;
+        let identity = caller(&request);
         let (_, info) = self
-            .statement_info(&handle.sql, request.into_inner())
+            .statement_info(&handle.sql, request.into_inner(), &identity)
             .await?;
         Ok(Response::new(info))
     }
@@ -341,7 +354,7 @@ impl FlightSqlService for WeftFlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<
         Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
         Status,
@@ -350,7 +363,7 @@ impl FlightSqlService for WeftFlightSql {
             .map_err(|e| Status::invalid_argument(format!("malformed statement ticket: {e}")))?;
         let stream = self
             .engine
-            .stream(&handle.query_id, handle.endpoint)
+            .stream(&handle.query_id, handle.endpoint, &caller(&request))
             .await?;
         Ok(Response::new(stream))
     }
@@ -358,12 +371,12 @@ impl FlightSqlService for WeftFlightSql {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         // Planning now both validates the SQL and gives the exact result schema.
         let schema = self
             .engine
-            .result_schema(&query.query)
+            .result_schema(&query.query, &caller(&request))
             .await
             .map_err(datafusion_to_status)?;
         let ipc_options = arrow::ipc::writer::IpcWriteOptions::default();
@@ -609,15 +622,13 @@ impl FlightSqlService for WeftFlightSql {
         Response<<Self as arrow_flight::flight_service_server::FlightService>::DoActionStream>,
         Status,
     > {
+        let identity = caller(&request);
         let action = request.into_inner();
         if action.r#type == QUERY_PROGRESS_ACTION {
             let id = std::str::from_utf8(&action.body).map_err(|_| {
                 Status::invalid_argument("weft.query_progress: the body must be a query id (UTF-8)")
             })?;
-            let query =
-                self.engine.queries.get(id).ok_or_else(|| {
-                    Status::not_found(format!("query {id} is unknown or expired"))
-                })?;
+            let query = self.engine.query_for(id, &identity)?;
             let progress = query.progress(&self.engine.clients).await;
             let body = progress_json(&query, &progress);
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(
@@ -633,9 +644,11 @@ impl FlightSqlService for WeftFlightSql {
                 .ok_or_else(|| Status::invalid_argument("CancelFlightInfoRequest has no info"))?;
             let mut status = CancelStatus::NotCancellable;
             for id in query_ids_of(&info) {
-                status = match self.engine.cancel(&id).await {
+                status = match self.engine.cancel(&id, &identity).await {
                     Ok(true) => CancelStatus::Cancelled,
                     Ok(false) => CancelStatus::NotCancellable,
+                    // Another user's query, or none: say so, as for any other RPC.
+                    Err(e) if e.code() == tonic::Code::NotFound => return Err(e),
                     Err(_) => CancelStatus::Unspecified,
                 };
             }

@@ -7,8 +7,8 @@ use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::{Any, Command};
 use arrow_flight::{
-    Action, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, PollInfo,
-    SchemaResult, Ticket,
+    Action, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, SchemaResult, Ticket,
 };
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -16,35 +16,90 @@ use tracing::Instrument;
 use weft_proto::PreparedHandle;
 
 use super::{flight_info_for, WeftFlightSql};
+use crate::auth::{Authenticator, Identity};
 use crate::queries::QueryState;
 
 /// Prefix of the descriptor a client polls with after the first call.
 const POLL_PREFIX: &str = "weft-poll:";
 
-/// Flight service of the coordinator: Flight SQL plus `PollFlightInfo`.
+/// Flight service of the coordinator: Flight SQL plus `PollFlightInfo`,
+/// behind authentication: the handshake signs callers in, every other RPC
+/// is checked ([`crate::auth`]) and carries the caller's [`Identity`] on to
+/// the Flight SQL service in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct WithPoll {
     inner: Arc<WeftFlightSql>,
+    auth: Arc<Authenticator>,
 }
 
 impl WithPoll {
+    /// A service with no authentication (every caller may do everything).
     pub fn new(inner: WeftFlightSql) -> Self {
+        Self::with_auth(inner, Arc::new(Authenticator::open()))
+    }
+
+    pub fn with_auth(inner: WeftFlightSql, auth: Arc<Authenticator>) -> Self {
         Self {
             inner: Arc::new(inner),
+            auth,
         }
     }
 
-    async fn poll(&self, descriptor: FlightDescriptor) -> Result<PollInfo, Status> {
+    /// Checks the caller and records who it is on the request.
+    fn sign<T>(&self, request: &mut Request<T>, method: &str) -> Result<(), Status> {
+        match self.auth.authenticate(request.metadata()) {
+            Ok(identity) => {
+                request.extensions_mut().insert(identity);
+                Ok(())
+            }
+            Err(status) => {
+                tracing::debug!(method, "unauthenticated: {}", status.message());
+                Err(status)
+            }
+        }
+    }
+
+    async fn handshake_reply(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<<WeftFlightSql as FlightService>::HandshakeStream>, Status> {
+        let (metadata, _, mut stream) = request.into_parts();
+        // The Basic credentials are in the header; some clients put a
+        // BasicAuth message into the first request instead.
+        let payload = match metadata.get("authorization") {
+            Some(_) => bytes::Bytes::new(),
+            None => match stream.message().await? {
+                Some(first) => first.payload,
+                None => bytes::Bytes::new(),
+            },
+        };
+        let (identity, token) = self.auth.handshake(&metadata, &payload).await?;
+        tracing::debug!(user = %identity.user, "signed in");
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into(),
+        };
+        let mut reply: Response<<WeftFlightSql as FlightService>::HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(response)])));
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("the session token is not valid metadata"))?;
+        reply.metadata_mut().insert("authorization", value);
+        Ok(reply)
+    }
+
+    async fn poll(
+        &self,
+        descriptor: FlightDescriptor,
+        identity: &Identity,
+    ) -> Result<PollInfo, Status> {
         let engine = self.inner.engine();
         let cmd = descriptor.cmd.clone();
         let query = if let Some(id) = std::str::from_utf8(&cmd)
             .ok()
             .and_then(|s| s.strip_prefix(POLL_PREFIX))
         {
-            engine
-                .queries
-                .get(id)
-                .ok_or_else(|| Status::not_found(format!("query {id} is unknown or expired")))?
+            engine.query_for(id, identity)?
         } else {
             let any = Any::decode(&*cmd)
                 .map_err(|e| Status::invalid_argument(format!("malformed command: {e}")))?;
@@ -68,14 +123,14 @@ impl WithPoll {
                     )))
                 }
             };
-            engine.start_query(&sql).await?
+            engine.start_query(&sql, identity).await?
         };
         let progress = query.progress(&engine.clients).await;
         let state = query.state();
         if let QueryState::Failed(m) = &state {
             return Err(Status::aborted(format!("query {} failed: {m}", query.id)));
         }
-        let info: FlightInfo = flight_info_for(&query, descriptor)?;
+        let info: FlightInfo = flight_info_for(engine, &query, descriptor)?;
         let next = (!state.is_terminal()).then(|| FlightDescriptor {
             r#type: DescriptorType::Cmd as i32,
             cmd: format!("{POLL_PREFIX}{}", query.id).into_bytes().into(),
@@ -136,39 +191,40 @@ impl FlightService for WithPoll {
     ) -> Result<Response<Self::HandshakeStream>, Status> {
         {
             let span = rpc_span("Handshake", r.metadata());
-            counted(
-                "Handshake",
-                FlightService::handshake(&*self.inner, r)
-                    .instrument(span)
-                    .await,
-            )
+            counted("Handshake", self.handshake_reply(r).instrument(span).await)
         }
     }
     async fn list_flights(
         &self,
-        r: Request<Criteria>,
+        mut r: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
         {
             let span = rpc_span("ListFlights", r.metadata());
             counted(
                 "ListFlights",
-                FlightService::list_flights(&*self.inner, r)
-                    .instrument(span)
-                    .await,
+                async {
+                    self.sign(&mut r, "ListFlights")?;
+                    FlightService::list_flights(&*self.inner, r).await
+                }
+                .instrument(span)
+                .await,
             )
         }
     }
     async fn get_flight_info(
         &self,
-        r: Request<FlightDescriptor>,
+        mut r: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         {
             let span = rpc_span("GetFlightInfo", r.metadata());
             counted(
                 "GetFlightInfo",
-                FlightService::get_flight_info(&*self.inner, r)
-                    .instrument(span)
-                    .await,
+                async {
+                    self.sign(&mut r, "GetFlightInfo")?;
+                    FlightService::get_flight_info(&*self.inner, r).await
+                }
+                .instrument(span)
+                .await,
             )
         }
     }
@@ -177,92 +233,110 @@ impl FlightService for WithPoll {
         r: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
         let span = rpc_span("PollFlightInfo", r.metadata());
-        counted(
-            "PollFlightInfo",
-            self.poll(r.into_inner())
-                .instrument(span)
+        let reply = async {
+            let identity = self.auth.authenticate(r.metadata())?;
+            self.poll(r.into_inner(), &identity)
                 .await
-                .map(Response::new),
-        )
+                .map(Response::new)
+        };
+        counted("PollFlightInfo", reply.instrument(span).await)
     }
     async fn get_schema(
         &self,
-        r: Request<FlightDescriptor>,
+        mut r: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         {
             let span = rpc_span("GetSchema", r.metadata());
             counted(
                 "GetSchema",
-                FlightService::get_schema(&*self.inner, r)
-                    .instrument(span)
-                    .await,
+                async {
+                    self.sign(&mut r, "GetSchema")?;
+                    FlightService::get_schema(&*self.inner, r).await
+                }
+                .instrument(span)
+                .await,
             )
         }
     }
-    async fn do_get(&self, r: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(&self, mut r: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         {
             let span = rpc_span("DoGet", r.metadata());
             counted(
                 "DoGet",
-                FlightService::do_get(&*self.inner, r)
-                    .instrument(span)
-                    .await,
+                async {
+                    self.sign(&mut r, "DoGet")?;
+                    FlightService::do_get(&*self.inner, r).await
+                }
+                .instrument(span)
+                .await,
             )
         }
     }
     async fn do_put(
         &self,
-        r: Request<Streaming<FlightData>>,
+        mut r: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         {
             let span = rpc_span("DoPut", r.metadata());
             counted(
                 "DoPut",
-                FlightService::do_put(&*self.inner, r)
-                    .instrument(span)
-                    .await,
+                async {
+                    self.sign(&mut r, "DoPut")?;
+                    FlightService::do_put(&*self.inner, r).await
+                }
+                .instrument(span)
+                .await,
             )
         }
     }
     async fn do_action(
         &self,
-        r: Request<Action>,
+        mut r: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         {
             let span = rpc_span("DoAction", r.metadata());
             counted(
                 "DoAction",
-                FlightService::do_action(&*self.inner, r)
-                    .instrument(span)
-                    .await,
+                async {
+                    self.sign(&mut r, "DoAction")?;
+                    FlightService::do_action(&*self.inner, r).await
+                }
+                .instrument(span)
+                .await,
             )
         }
     }
     async fn list_actions(
         &self,
-        r: Request<Empty>,
+        mut r: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
         {
             let span = rpc_span("ListActions", r.metadata());
             counted(
                 "ListActions",
-                FlightService::list_actions(&*self.inner, r)
-                    .instrument(span)
-                    .await,
+                async {
+                    self.sign(&mut r, "ListActions")?;
+                    FlightService::list_actions(&*self.inner, r).await
+                }
+                .instrument(span)
+                .await,
             )
         }
     }
     async fn do_exchange(
         &self,
-        r: Request<Streaming<FlightData>>,
+        mut r: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         {
             let span = rpc_span("DoExchange", r.metadata());
             counted(
                 "DoExchange",
-                FlightService::do_exchange(&*self.inner, r)
-                    .instrument(span)
-                    .await,
+                async {
+                    self.sign(&mut r, "DoExchange")?;
+                    FlightService::do_exchange(&*self.inner, r).await
+                }
+                .instrument(span)
+                .await,
             )
         }
     }
