@@ -53,6 +53,10 @@ enum Cmd {
         /// serve theirs on the ports that follow it.
         #[arg(long, env = "WEFT_HTTP_LISTEN")]
         http_listen: Option<String>,
+        /// Serve on a non-loopback --listen address although `weft local`
+        /// has no authentication (anyone who reaches it may run queries).
+        #[arg(long, env = "WEFT_INSECURE")]
+        insecure: bool,
     },
     /// Run SQL against a coordinator and print the results. Without -e or
     /// -f: an interactive shell on a terminal, else the statements on stdin.
@@ -121,16 +125,27 @@ async fn main() {
             sample_scale,
             direct_results,
             http_listen,
+            insecure,
         } => {
-            local(
-                workers,
+            match weft_common::auth::check_exposure(
                 listen,
-                catalogs,
-                sample_scale,
-                direct_results,
-                http_listen,
-            )
-            .await
+                false,
+                insecure,
+                "a cluster of weft-coordinator (--password-file) and weft-worker processes",
+            ) {
+                Err(e) => Err(anyhow::Error::msg(e)),
+                Ok(()) => {
+                    local(
+                        workers,
+                        listen,
+                        catalogs,
+                        sample_scale,
+                        direct_results,
+                        http_listen,
+                    )
+                    .await
+                }
+            }
         }
         Cmd::Sql {
             coordinator,

@@ -92,6 +92,8 @@ pub struct PodTemplate {
     mounts: Vec<Value>,
     volumes: Vec<Value>,
     config_maps: BTreeMap<String, BTreeMap<String, String>>,
+    /// Secrets the chart itself renders (its generated cluster secret).
+    rendered_secrets: Secrets,
     pub pre_stop: Duration,
     pub grace: Duration,
 }
@@ -139,6 +141,22 @@ impl PodTemplate {
                 )
             })
             .collect();
+        let mut rendered_secrets = Secrets::new();
+        for secret in of_kind(objects, "Secret") {
+            use base64::Engine as _;
+            let mut data = BTreeMap::new();
+            for (k, v) in secret["data"].as_object().into_iter().flatten() {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap_or_default())
+                    .map_err(|e| anyhow!("{name}: rendered Secret key {k} is not base64: {e}"))?;
+                data.insert(k.clone(), String::from_utf8_lossy(&bytes).to_string());
+            }
+            for (k, v) in secret["stringData"].as_object().into_iter().flatten() {
+                data.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+            }
+            let secret_name = secret["metadata"]["name"].as_str().unwrap_or_default();
+            rendered_secrets.insert(secret_name.to_string(), data);
+        }
         let seconds = |v: &Value| Duration::from_secs(v.as_u64().unwrap_or(0));
         Ok(Self {
             name,
@@ -149,6 +167,7 @@ impl PodTemplate {
             mounts: array(&container["volumeMounts"]),
             volumes: array(&spec["volumes"]),
             config_maps,
+            rendered_secrets,
             pre_stop: seconds(&container["lifecycle"]["preStop"]["sleep"]["seconds"]),
             grace: match spec["terminationGracePeriodSeconds"].as_u64() {
                 Some(s) => Duration::from_secs(s),
@@ -188,9 +207,9 @@ impl PodTemplate {
                 })?
             } else if v.get("secret").is_some() {
                 let s = v["secret"]["secretName"].as_str().unwrap_or_default();
-                secrets.get(s).cloned().ok_or_else(|| {
+                secrets.get(s).or(self.rendered_secrets.get(s)).cloned().ok_or_else(|| {
                     anyhow!(
-                        "{}: volume {vname} names Secret {s}, which the test does not provide",
+                        "{}: volume {vname} names Secret {s}, which neither the test nor the chart provides",
                         self.name
                     )
                 })?

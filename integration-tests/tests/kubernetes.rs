@@ -6,8 +6,10 @@
 //! (`weft_integration_tests::chart`), against the test's real etcd.
 //!
 //! `a_cluster_from_the_chart_runs_tpch_and_scales`:
-//! 1. Render the chart with an external etcd, a `files` catalog of TPC-H and
-//!    3 workers; start the coordinator pod and the 3 worker pods.
+//! 1. Render the chart with an external etcd, a `files` catalog of TPC-H,
+//!    3 workers and a password file Secret; start the coordinator pod and the
+//!    3 worker pods (with the chart's generated cluster secret). A client
+//!    that does not sign in is refused.
 //! 2. The 22 TPC-H queries answer as single-node DataFusion does.
 //! 3. Scale-down under load: a large result is left half read (every worker
 //!    holds an unread output of it) while two clients run TPC-H queries in
@@ -39,9 +41,19 @@ use tonic::transport::Channel;
 use weft_integration_tests::chart::{self, PodTemplate, Secrets};
 use weft_integration_tests::process::{binary, http_get};
 use weft_integration_tests::{
-    canonical_rows, connect, run_sql, single_node_rows, split_statements, tpch_dir, tpch_query,
+    canonical_rows, run_sql, single_node_rows, split_statements, tpch_dir, tpch_query,
     TEST_ETCD_ENV,
 };
+
+/// The user the test signs in as (an admin, from the password file Secret).
+const USER: (&str, &str) = ("ops", "chart-test-password");
+
+/// A Flight SQL client of the coordinator pod, signed in as [`USER`].
+async fn connect(url: &str) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
+    let mut client = weft_integration_tests::connect(url).await?;
+    client.handshake(USER.0, USER.1).await?;
+    Ok(client)
+}
 
 const SCALE: f64 = 0.01;
 const TEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -212,6 +224,10 @@ async fn chart_cluster() {
         "catalogs": {"tpch": {"kind": "files", "path": data, "format": "parquet"}},
         "coordinator": coordinator_values,
         "worker": worker_values,
+        "security": {"auth": {
+            "passwordFile": {"existingSecret": "weft-passwords"},
+            "adminUsers": [USER.0],
+        }},
     });
     let objects =
         chart::render(&[&values_file(dir.path(), &values)], "weft").expect("render the chart");
@@ -240,7 +256,19 @@ async fn chart_cluster() {
         Duration::from_secs(drain) + worker_t.pre_stop < worker_t.grace,
         "drain timeout + preStop must fit in terminationGracePeriodSeconds"
     );
-    let secrets = Secrets::new();
+    // The Secret the values name, as the operator would create it with `weft passwd`.
+    let passwords = dir.path().join("passwords");
+    weft_coordinator::auth::password::set_password(&passwords, USER.0, USER.1)
+        .expect("password file");
+    let mut secrets = Secrets::new();
+    secrets.insert(
+        "weft-passwords".into(),
+        [(
+            "passwords".to_string(),
+            std::fs::read_to_string(&passwords).expect("read"),
+        )]
+        .into(),
+    );
     let pods_dir = dir.path().join("pods");
     let mut coordinator = coordinator_t
         .spawn(&format!("{SUBNET}.1"), &pods_dir.join("c"), &secrets)
@@ -272,6 +300,17 @@ async fn chart_cluster() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", coordinator.node.log_tail()));
+
+    // Clients must sign in (security.auth.passwordFile); the nodes share the
+    // chart's generated cluster secret (a worker refuses unsigned calls).
+    let mut anonymous = weft_integration_tests::connect(&url)
+        .await
+        .expect("connect");
+    let refused = run_sql(&mut anonymous, "SELECT 1")
+        .await
+        .expect_err("anonymous query");
+    assert!(refused.to_string().contains("no credentials"), "{refused}");
+    assert!(coordinator_t.flag("--cluster-secret-file").is_some());
 
     // 2. TPC-H through the chart's cluster.
     let reference = weft_integration_tests::tpch_single_node(Path::new(&data)).await;

@@ -205,13 +205,17 @@ impl JwtVerifier {
                 &key.key,
                 &validation,
             ) {
-                Ok(data) => return match data.claims.get(&self.user_claim) {
-                    Some(serde_json::Value::String(user)) if !user.is_empty() => Ok(user.clone()),
-                    _ => Err(format!(
+                Ok(data) => {
+                    return match data.claims.get(&self.user_claim) {
+                        Some(serde_json::Value::String(user)) if !user.is_empty() => {
+                            Ok(user.clone())
+                        }
+                        _ => Err(format!(
                         "the token has no string claim \"{}\" naming the user (--jwt-user-claim)",
                         self.user_claim
                     )),
-                },
+                    }
+                }
                 Err(e) => last = self.explain(e.kind()),
             }
         }

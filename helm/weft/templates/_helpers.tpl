@@ -62,6 +62,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* The Secret holding the cluster secret: the operator's, or the one the chart makes. */}}
+{{- define "weft.clusterSecretName" -}}
+{{- .Values.security.clusterSecret.existingSecret | default (include "weft.componentName" (dict "ctx" . "component" "cluster-secret")) -}}
+{{- end -}}
+
+{{/* Whether the coordinator authenticates clients. */}}
+{{- define "weft.clientAuth" -}}
+{{- if or .Values.security.auth.passwordFile.existingSecret .Values.security.auth.jwt.existingSecret -}}true{{- end -}}
+{{- end -}}
+
 {{/* Guards: values that cannot work fail the render with a message naming the fix. */}}
 {{- define "weft.validate" -}}
 {{- $ext := .Values.etcd.external -}}
@@ -104,6 +114,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- $_ := include "weft.terminationGracePeriodSeconds" (dict "name" "coordinator" "values" .Values.coordinator) -}}
 {{- $_ = include "weft.terminationGracePeriodSeconds" (dict "name" "worker" "values" .Values.worker) -}}
+{{- if and (not (include "weft.clientAuth" .)) (not .Values.security.insecure) -}}
+{{- fail "the coordinator serves Flight SQL to the network and would let anyone who reaches it run queries: set security.auth.passwordFile.existingSecret (a Secret with a password file made by `weft passwd`) or security.auth.jwt.existingSecret (a JWT key or JWKS), or security.insecure=true if the network itself is trusted" -}}
+{{- end -}}
+{{- if and (include "weft.clientAuth" .) .Values.security.insecure -}}
+{{- fail "security.insecure=true is set together with client authentication (security.auth): drop security.insecure" -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -156,6 +172,7 @@ value must leave the drain its whole timeout after the preStop sleep.
 - --etcd-user={{ $ext.auth.username }}
 {{- end }}
 - --catalogs=/etc/weft/catalogs.toml
+- --cluster-secret-file=/etc/weft/cluster-secret/{{ $ctx.Values.security.clusterSecret.key }}
 {{- with $ctx.Values.otlp.endpoint }}
 - --otlp-endpoint={{ . }}
 {{- end }}
@@ -215,6 +232,9 @@ value must leave the drain its whole timeout after the preStop sleep.
   mountPath: /etc/weft/etcd-tls
   readOnly: true
 {{- end }}
+- name: cluster-secret
+  mountPath: /etc/weft/cluster-secret
+  readOnly: true
 {{- with .values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -237,6 +257,10 @@ value must leave the drain its whole timeout after the preStop sleep.
     secretName: {{ $ctx.Values.etcd.external.tls.existingSecret }}
     defaultMode: 0440
 {{- end }}
+- name: cluster-secret
+  secret:
+    secretName: {{ include "weft.clusterSecretName" $ctx }}
+    defaultMode: 0440
 {{- with .values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -358,3 +382,62 @@ numbers as integers. Tables: dict "path" "a.b" "table" map.
 {{- with .Values.defaultCatalog }}{{ $_ := set $top "default_catalog" . }}{{ end }}
 {{- include "weft.toml.table" (dict "path" "" "table" $top) }}
 {{ end -}}
+
+{{/* Client authentication flags of the coordinator (args). */}}
+{{- define "weft.authArgs" -}}
+{{- $auth := .Values.security.auth }}
+{{- if $auth.passwordFile.existingSecret }}
+- --password-file=/etc/weft/auth/passwords/{{ $auth.passwordFile.key }}
+{{- end }}
+{{- if $auth.jwt.existingSecret }}
+{{- if $auth.jwt.jwks }}
+- --jwt-jwks-file=/etc/weft/auth/jwt/{{ $auth.jwt.key }}
+{{- else }}
+- --jwt-key-file=/etc/weft/auth/jwt/{{ $auth.jwt.key }}
+{{- end }}
+{{- with $auth.jwt.issuer }}
+- --jwt-issuer={{ . }}
+{{- end }}
+{{- with $auth.jwt.audience }}
+- --jwt-audience={{ . }}
+{{- end }}
+- --jwt-user-claim={{ $auth.jwt.userClaim }}
+{{- end }}
+{{- with $auth.adminUsers }}
+- --admin-user={{ join "," . }}
+{{- end }}
+{{- if .Values.security.insecure }}
+- --insecure
+{{- end }}
+{{- end -}}
+
+{{/* Volumes (directories, so a changed Secret reaches the running pod) for the auth files. */}}
+{{- define "weft.authVolumeMounts" -}}
+{{- $auth := .Values.security.auth }}
+{{- if $auth.passwordFile.existingSecret }}
+- name: passwords
+  mountPath: /etc/weft/auth/passwords
+  readOnly: true
+{{- end }}
+{{- if $auth.jwt.existingSecret }}
+- name: jwt
+  mountPath: /etc/weft/auth/jwt
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "weft.authVolumes" -}}
+{{- $auth := .Values.security.auth }}
+{{- if $auth.passwordFile.existingSecret }}
+- name: passwords
+  secret:
+    secretName: {{ $auth.passwordFile.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if $auth.jwt.existingSecret }}
+- name: jwt
+  secret:
+    secretName: {{ $auth.jwt.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import (CHART, CI, CI_FILES, CRD_KINDS, KUBE_VERSION, REPO, TESTS, chart_defaults,
+from conftest import (RELEASE, CHART, CI, CI_FILES, CRD_KINDS, KUBE_VERSION, REPO, TESTS, chart_defaults,
                       ci_values, container, deployment, env, flags, render, with_minimal)
 
 EXPECTED_CI = {"minimal", "external-etcd", "bundled-etcd", "hpa", "keda", "monitoring"}
@@ -95,8 +95,17 @@ SENTINEL = "Sentinel-Pa55word-9f1c"
 
 @pytest.mark.parametrize("name", CI_FILES)
 def test_no_secret_values_rendered(name):
-    objs = render(ci_values(name))
-    assert not [o for o in objs if o["kind"] == "Secret"]
+    values = ci_values(name)
+    objs = render(values)
+    # The one Secret the chart makes is the cluster secret, with a value it generates (never one
+    # from the values), and only when the operator does not bring their own.
+    secrets = [o for o in objs if o["kind"] == "Secret"]
+    if values.get("security", {}).get("clusterSecret", {}).get("existingSecret"):
+        assert not secrets
+    else:
+        assert [s["metadata"]["name"] for s in secrets] == [f"{RELEASE}-cluster-secret"]
+        again = [o for o in render(values) if o["kind"] == "Secret"]
+        assert secrets[0]["data"] != again[0]["data"], "the cluster secret must be random"
     for obj in objs:
         spec = obj.get("spec", {}).get("template", {}).get("spec")
         if not spec:
@@ -187,8 +196,10 @@ def run_cli(*args):
 
 
 def test_render_cli_prints_a_json_array_of_objects():
+    # An operator-made cluster secret: the chart's own would be random on every render.
+    own = '{"security": {"clusterSecret": {"existingSecret": "weft-cluster"}}}'
     out = run_cli("-f", str(CI / "minimal.yaml"), "--set-json", '{"worker": {"replicas": 4}}',
-                  "--set-json", "coordinator.replicas=3", "--name", "cli")
+                  "--set-json", "coordinator.replicas=3", "--set-json", own, "--name", "cli")
     assert out.returncode == 0, out.stderr
     objs = json.loads(out.stdout)
     assert isinstance(objs, list) and objs
@@ -198,7 +209,8 @@ def test_render_cli_prints_a_json_array_of_objects():
     assert by_name[("Deployment", "cli-weft-coordinator")]["spec"]["replicas"] == 3
     # Stable: the same input gives byte-identical output.
     assert run_cli("-f", str(CI / "minimal.yaml"), "--set-json", '{"worker": {"replicas": 4}}',
-                   "--set-json", "coordinator.replicas=3", "--name", "cli").stdout == out.stdout
+                   "--set-json", "coordinator.replicas=3", "--set-json", own,
+                   "--name", "cli").stdout == out.stdout
 
 
 def test_render_cli_layers_values_files_in_order(tmp_path):

@@ -20,7 +20,8 @@ def test_command_ports_and_listen():
 
 def test_unset_flags_are_not_passed():
     f = flags(container(deployment(render(with_minimal()), C)))
-    assert set(f) == {"listen", "http-listen", "etcd", "catalogs", "drain-timeout"}
+    assert set(f) == {"listen", "http-listen", "etcd", "catalogs", "drain-timeout",
+                      "cluster-secret-file", "password-file"}
 
 
 def test_query_limits_from_values():

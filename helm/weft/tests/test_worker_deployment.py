@@ -20,7 +20,8 @@ def test_command_ports_listen_and_advertise():
 
 def test_unset_flags_are_not_passed():
     f = flags(container(deployment(render(with_minimal()), W)))
-    assert set(f) == {"listen", "advertise", "http-listen", "etcd", "catalogs", "drain-timeout"}
+    assert set(f) == {"listen", "advertise", "http-listen", "etcd", "catalogs", "drain-timeout",
+                      "cluster-secret-file"}
 
 
 def test_worker_flags_from_values():
