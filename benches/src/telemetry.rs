@@ -49,6 +49,7 @@ pub(crate) async fn telemetry(
         etcd: Some(etcd.endpoint.clone()),
         http: on,
         sign_in: None,
+        tls_ca: None,
     };
     let off = ProcessCluster::start(workers, options(false)).await?;
     let on = ProcessCluster::start(workers, options(true)).await?;

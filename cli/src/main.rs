@@ -88,6 +88,25 @@ enum Cmd {
         /// Bearer token (a JWT) to send instead of a user and password.
         #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// CA certificate (PEM) to verify a `grpc+tls://` coordinator (and
+        /// workers serving direct results) with.
+        #[arg(long, env = "WEFT_TLS_CA_FILE")]
+        tls_ca_file: Option<PathBuf>,
+    },
+    /// Make a development CA (DIR/ca.crt, DIR/ca.key) if DIR has none, and a
+    /// certificate of it for this node (DIR/NAME.crt, DIR/NAME.key) that
+    /// serves TLS and authenticates to other nodes (mutual TLS). For tests
+    /// and trials: production clusters use their own CA (e.g. cert-manager).
+    Certs {
+        /// Directory of the CA and the certificates.
+        #[arg(long, default_value = "weft-certs")]
+        dir: PathBuf,
+        /// File name of the node's certificate and key.
+        #[arg(long, default_value = "node")]
+        name: String,
+        /// Host names and IP addresses the certificate is valid for (repeat).
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
     },
     /// Add a user to a password file (`weft-coordinator --password-file`)
     /// or replace their password. The password is read from standard input
@@ -155,6 +174,7 @@ async fn main() {
             progress,
             user,
             token,
+            tls_ca_file,
         } => {
             let credentials = match (user, token) {
                 (Some(user), _) => Some(Credentials::Password {
@@ -164,8 +184,38 @@ async fn main() {
                 (None, Some(token)) => Some(Credentials::Token(token)),
                 (None, None) => None,
             };
-            sql(&coordinator, execute, file, format, progress, credentials).await
+            let tls = match tls_ca_file.map(std::fs::read).transpose() {
+                Ok(ca) => ca.map(|pem| {
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                }),
+                Err(e) => {
+                    eprintln!("error: cannot read --tls-ca-file: {e}");
+                    std::process::exit(1);
+                }
+            };
+            sql(
+                &coordinator,
+                execute,
+                file,
+                format,
+                progress,
+                credentials,
+                tls,
+            )
+            .await
         }
+        Cmd::Certs { dir, name, hosts } => weft_common::tls::issue(&dir, &name, &hosts)
+            .map(|files| {
+                println!(
+                    "CA: {} (its key: {})\ncertificate: {}\nkey: {}",
+                    files.ca_cert.display(),
+                    dir.join("ca.key").display(),
+                    files.cert.display(),
+                    files.key.display()
+                )
+            })
+            .map_err(anyhow::Error::msg),
         Cmd::Passwd { file, user } => passwd(&file, &user),
     };
     if let Err(e) = result {
@@ -296,6 +346,7 @@ async fn sql(
     format: Format,
     progress: progress::ProgressMode,
     credentials: Option<Credentials>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Read};
     let text = match (execute, file) {
@@ -312,7 +363,7 @@ async fn sql(
             Some(text)
         }
     };
-    let mut session = Session::connect(coordinator, progress.enabled(), credentials).await?;
+    let mut session = Session::connect(coordinator, progress.enabled(), credentials, tls).await?;
     match text {
         Some(text) => {
             for statement in statements(&text)? {
@@ -332,6 +383,8 @@ pub(crate) struct Session {
     flight: arrow_flight::flight_service_client::FlightServiceClient<tonic::transport::Channel>,
     /// Bearer token of every call (from the sign-in, or given).
     token: Option<String>,
+    /// TLS of `grpc+tls://` result endpoints.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     progress: bool,
 }
 
@@ -340,10 +393,18 @@ impl Session {
         coordinator: &str,
         progress: bool,
         credentials: Option<Credentials>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> anyhow::Result<Self> {
-        let url = coordinator.replacen("grpc://", "http://", 1);
-        let channel = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("invalid coordinator URL {coordinator}"))?
+        let url = weft_common::flight::location_url(coordinator)
+            .unwrap_or_else(|| coordinator.to_string());
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .with_context(|| format!("invalid coordinator URL {coordinator}"))?;
+        if url.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(tls.clone().unwrap_or_default())
+                .context("TLS settings")?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot connect to the coordinator at {coordinator}"))?;
@@ -361,6 +422,7 @@ impl Session {
             None => {}
         }
         Ok(Self {
+            tls,
             token: client.token().cloned(),
             client,
             flight: inner,
@@ -384,7 +446,7 @@ impl Session {
         {
             line.follow(id);
         }
-        let batches = read_results(&mut self.client, &info).await;
+        let batches = read_results(&mut self.client, &info, self.tls.as_ref()).await;
         drop(line);
         batches
     }
@@ -393,6 +455,7 @@ impl Session {
 async fn read_results(
     client: &mut FlightSqlServiceClient<tonic::transport::Channel>,
     info: &arrow_flight::FlightInfo,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
 ) -> anyhow::Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
     for endpoint in info.endpoint.clone() {
@@ -406,7 +469,11 @@ async fn read_results(
                 let url = weft_common::flight::location_url(&location.uri).ok_or_else(|| {
                     anyhow::anyhow!("result endpoint at unsupported location {}", location.uri)
                 })?;
-                let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+                let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?;
+                if url.starts_with("https://") {
+                    endpoint = endpoint.tls_config(tls.cloned().unwrap_or_default())?;
+                }
+                let channel = endpoint
                     .connect()
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot reach result endpoint {url}: {e}"))?;

@@ -206,8 +206,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// file never locks everyone out.
 pub struct WatchedFile<T> {
     path: PathBuf,
+    /// Every file the value is made of (a certificate and its key).
+    watched: Vec<PathBuf>,
     parse: Box<dyn Fn(&Path) -> Result<T, String> + Send + Sync>,
-    state: Mutex<(Option<(SystemTime, u64)>, Arc<T>)>,
+    state: Mutex<(Vec<Option<(SystemTime, u64)>>, Arc<T>)>,
 }
 
 impl<T> std::fmt::Debug for WatchedFile<T> {
@@ -224,12 +226,25 @@ impl<T: Send + Sync + 'static> WatchedFile<T> {
         path: &Path,
         parse: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static,
     ) -> Result<Self, String> {
-        let stamp = stamp(path);
+        Self::open_with(path, &[], parse)
+    }
+
+    /// [`WatchedFile::open`], parsed again when `path` or any of `others` changes.
+    pub fn open_with(
+        path: &Path,
+        others: &[PathBuf],
+        parse: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static,
+    ) -> Result<Self, String> {
+        let watched: Vec<PathBuf> = std::iter::once(path.to_path_buf())
+            .chain(others.iter().cloned())
+            .collect();
+        let stamps = watched.iter().map(|p| stamp(p)).collect();
         let value = parse(path)?;
         Ok(Self {
             path: path.to_path_buf(),
+            watched,
             parse: Box::new(parse),
-            state: Mutex::new((stamp, Arc::new(value))),
+            state: Mutex::new((stamps, Arc::new(value))),
         })
     }
 
@@ -239,9 +254,9 @@ impl<T: Send + Sync + 'static> WatchedFile<T> {
 
     /// The current value, parsed again first if the file changed.
     pub fn get(&self) -> Arc<T> {
-        let now = stamp(&self.path);
+        let now: Vec<_> = self.watched.iter().map(|p| stamp(p)).collect();
         let mut state = self.state.lock();
-        if now.is_some() && now != state.0 {
+        if now.iter().all(Option::is_some) && now != state.0 {
             state.0 = now;
             match (self.parse)(&self.path) {
                 Ok(value) => {

@@ -89,6 +89,9 @@ pub type NodeClient = FlightServiceClient<InterceptedService<Channel, NodeAuth>>
 pub struct ClientPool {
     channels: Mutex<HashMap<String, Channel>>,
     auth: NodeAuth,
+    /// TLS of `https://` addresses (the cluster CA and this node's
+    /// certificate, for mutual TLS).
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ClientPool {
@@ -101,7 +104,14 @@ impl ClientPool {
         Self {
             channels: Mutex::default(),
             auth: NodeAuth::new(secret),
+            tls: None,
         }
+    }
+
+    /// Connects to `https://` addresses with `tls` ([`crate::tls::client_config`]).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// A Flight client for `address` (`http://host:port`).
@@ -111,10 +121,20 @@ impl ClientPool {
             match channels.get(address) {
                 Some(c) => c.clone(),
                 None => {
-                    let endpoint = Endpoint::from_shared(address.to_string())
-                        .map_err(|e| {
-                            DataFusionError::Plan(format!("invalid worker address {address}: {e}"))
-                        })?
+                    let mut endpoint = Endpoint::from_shared(address.to_string()).map_err(|e| {
+                        DataFusionError::Plan(format!("invalid worker address {address}: {e}"))
+                    })?;
+                    if address.starts_with("https://") {
+                        let tls = self.tls.clone().ok_or_else(|| {
+                            DataFusionError::Plan(format!(
+                                "worker {address} serves TLS, but this node has no --tls-ca-file to verify it with"
+                            ))
+                        })?;
+                        endpoint = endpoint.tls_config(tls).map_err(|e| {
+                            DataFusionError::Plan(format!("TLS settings for {address}: {e}"))
+                        })?;
+                    }
+                    let endpoint = endpoint
                         .connect_timeout(Duration::from_secs(3))
                         // Many DoGet streams share one HTTP/2 connection, and a reader
                         // may leave a stream unread for a while (a join reads its build
@@ -167,8 +187,6 @@ impl ClientPool {
     }
 }
 
-/// True for errors that mean "could not talk to the node" rather than "the
-/// node ran the request and it failed". Only these may be retried.
 /// The `http(s)://host:port` URL of a Flight location (`grpc://`,
 /// `grpc+tcp://`, `grpc+tls://`), for endpoints that name where to read.
 pub fn location_url(uri: &str) -> Option<String> {
@@ -180,6 +198,8 @@ pub fn location_url(uri: &str) -> Option<String> {
     }
 }
 
+/// True for errors that mean "could not talk to the node" rather than "the
+/// node ran the request and it failed". Only these may be retried.
 pub fn is_transport_error(status: &tonic::Status) -> bool {
     matches!(
         status.code(),

@@ -10,6 +10,7 @@
 //! - [`flight`]: Flight client pool, action names, error mapping;
 //! - [`session`]: the DataFusion settings distributed execution needs;
 //! - [`sample`]: TPC-H sample data;
+//! - [`tls`]: TLS for the Flight endpoints, mutual TLS between nodes, `weft certs`;
 //! - [`telemetry`]: metrics (Prometheus), the `/metrics` `/healthz` `/readyz`
 //!   server, OpenTelemetry traces.
 //!
@@ -33,6 +34,7 @@ pub mod registry;
 pub mod sample;
 pub mod session;
 pub mod telemetry;
+pub mod tls;
 
 /// Version string workers announce.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -67,6 +67,9 @@ pub struct CoordinatorConfig {
     pub registry: Option<Arc<dyn Registry>>,
     /// Client authentication (password file, JWT); default: none.
     pub auth: auth::AuthSettings,
+    /// TLS on the Flight SQL endpoint (certificate and key re-read when
+    /// they change); with a CA, also mutual TLS towards the workers.
+    pub tls: Option<weft_common::tls::TlsSettings>,
 }
 
 impl CoordinatorConfig {
@@ -78,6 +81,7 @@ impl CoordinatorConfig {
             http_listen: None,
             registry: None,
             auth: auth::AuthSettings::default(),
+            tls: None,
         }
     }
 }
@@ -90,6 +94,7 @@ pub struct Coordinator;
 #[derive(Debug)]
 pub struct CoordinatorHandle {
     addr: SocketAddr,
+    tls: bool,
     engine: Arc<Engine>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -182,17 +187,25 @@ impl Coordinator {
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async {
-                        let _ = stop_rx.await;
-                    },
-                ),
-        );
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service);
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        let server = match &config.tls {
+            Some(tls) => {
+                // Clients authenticate with passwords or JWTs, not certificates.
+                let server_tls =
+                    weft_common::tls::server_config(tls, false).map_err(anyhow::Error::msg)?;
+                let incoming = weft_common::tls::incoming(listener, server_tls, "coordinator");
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped,
+            )),
+        };
         let watcher = tokio::spawn(watch_membership(Arc::clone(&engine), members));
         tracing::info!(%addr, "coordinator serving Flight SQL");
         // Metrics are recorded only where they are served: without an HTTP
@@ -218,6 +231,7 @@ impl Coordinator {
         };
         Ok(CoordinatorHandle {
             addr,
+            tls: config.tls.is_some(),
             engine,
             stop: Some(stop_tx),
             server: Some(server),
@@ -317,9 +331,10 @@ impl CoordinatorHandle {
         self.addr
     }
 
-    /// `grpc://host:port` URL for Flight SQL clients.
+    /// `grpc://host:port` (or `grpc+tls://`) URL for Flight SQL clients.
     pub fn url(&self) -> String {
-        format!("grpc://{}", self.addr)
+        let scheme = if self.tls { "grpc+tls" } else { "grpc" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

@@ -24,6 +24,8 @@ struct Args {
     etcd: EtcdArgs,
     #[command(flatten)]
     security: NodeSecurityArgs,
+    #[command(flatten)]
+    tls: weft_common::tls::TlsArgs,
     /// Password file (`user:hash` lines, bcrypt or argon2; `weft passwd
     /// --file FILE USER` adds users); re-read when it changes. Clients sign
     /// in with Basic credentials in the Flight SQL handshake.
@@ -149,6 +151,14 @@ async fn main() -> anyhow::Result<()> {
     let mut config = CoordinatorConfig::new(args.listen, catalogs);
     config.auth = auth;
     config.engine.cluster_secret = cluster_secret;
+    config.tls = args.tls.settings();
+    if let Some(tls) = &config.tls {
+        weft_common::tls::check_own_certificate(tls).map_err(anyhow::Error::msg)?;
+        if tls.ca.is_some() {
+            config.engine.worker_tls =
+                Some(weft_common::tls::client_config(tls).map_err(anyhow::Error::msg)?);
+        }
+    }
     config.http_listen =
         weft_common::telemetry::http::http_listen_address(args.http_listen.as_deref(), args.listen)
             .map_err(anyhow::Error::msg)?;

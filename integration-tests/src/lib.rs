@@ -226,6 +226,20 @@ pub async fn connect(url: &str) -> anyhow::Result<FlightSqlServiceClient<Channel
     Ok(FlightSqlServiceClient::new_from_inner(inner))
 }
 
+/// A Flight SQL client of an `https://` coordinator verified with the CA in `ca`.
+pub async fn connect_tls(url: &str, ca: &Path) -> anyhow::Result<FlightSqlServiceClient<Channel>> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(ca)?));
+    let channel = Endpoint::from_shared(url.to_string())?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        .max_decoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(weft_common::flight::MAX_MESSAGE_SIZE);
+    Ok(FlightSqlServiceClient::new_from_inner(inner))
+}
+
 /// Executes `sql` and reads all endpoints in order.
 pub async fn run_sql(
     client: &mut FlightSqlServiceClient<Channel>,

@@ -124,6 +124,8 @@ pub struct ProcessOptions {
     /// User and password the harness signs in with for its own queries
     /// (a coordinator with a password file); `None` = no sign-in.
     pub sign_in: Option<(String, String)>,
+    /// The coordinator serves TLS: clients verify it with this CA file.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Coordinator and workers as separate processes.
@@ -203,6 +205,13 @@ impl ProcessCluster {
     /// Starts one more worker on the next loopback address; waits until its
     /// `/readyz` answers 200.
     pub async fn add_worker(&mut self) -> anyhow::Result<usize> {
+        let args = self.options.args.clone();
+        self.add_worker_with(&args).await
+    }
+
+    /// [`ProcessCluster::add_worker`] with `args` instead of the cluster's
+    /// extra arguments.
+    pub async fn add_worker_with(&mut self, args: &[String]) -> anyhow::Result<usize> {
         let i = self.workers.len();
         let ip = format!("127.0.0.{}", i + 2);
         let flight: SocketAddr = format!("{ip}:{}", free_port(&ip)?).parse()?;
@@ -224,7 +233,7 @@ impl ProcessCluster {
             .arg(self.options.slots.to_string())
             .arg("--lease-ttl")
             .arg("3")
-            .args(&self.options.args);
+            .args(args);
         let node = spawn_node(cmd, &self.options.env, name, log, flight, http)?;
         self.workers.push(node);
         let node = &self.workers[i];
@@ -238,7 +247,10 @@ impl ProcessCluster {
         &self,
     ) -> anyhow::Result<arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>>
     {
-        let mut client = crate::connect(&self.flight_url()).await?;
+        let mut client = match &self.options.tls_ca {
+            Some(ca) => crate::connect_tls(&self.flight_url(), ca).await?,
+            None => crate::connect(&self.flight_url()).await?,
+        };
         if let Some((user, password)) = &self.options.sign_in {
             client.handshake(user, password).await?;
         }
@@ -247,7 +259,12 @@ impl ProcessCluster {
 
     /// `grpc`-style URL of the coordinator for Flight SQL clients (`http://`).
     pub fn flight_url(&self) -> String {
-        format!("http://{}", self.coordinator.flight)
+        let scheme = if self.options.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.coordinator.flight)
     }
 
     async fn wait_http(&self, node: &Node, path: &str) -> anyhow::Result<()> {

@@ -96,6 +96,7 @@ async fn tls_with_client_certificates() {
                 etcd: Some(etcd.endpoint.clone()),
                 http: true,
                 sign_in: None,
+                tls_ca: None,
             },
         )
         .await
@@ -146,6 +147,7 @@ async fn user_and_password() {
                 etcd: Some(etcd.endpoint.clone()),
                 http: true,
                 sign_in: None,
+                tls_ca: None,
             },
         )
         .await

@@ -134,6 +134,7 @@ async fn secured_cluster(extra_env: &[(&str, &str)]) -> ProcessCluster {
             etcd: None,
             http: true,
             sign_in: Some(("root".into(), "toor".into())),
+            tls_ca: None,
         },
     )
     .await

@@ -60,6 +60,7 @@ async fn scenario() {
             etcd: None,
             http: true,
             sign_in: None,
+            tls_ca: None,
         },
     )
     .await

@@ -66,6 +66,9 @@ pub struct WorkerConfig {
     /// Signs this worker's calls to other workers and refuses calls that
     /// are not signed (`--cluster-secret-file`); `None` = open.
     pub cluster_secret: Option<Arc<weft_common::auth::ClusterSecret>>,
+    /// Serve TLS (`--tls-cert-file`, `--tls-key-file`) and, with a CA,
+    /// accept and call only nodes with certificates of that CA (mutual TLS).
+    pub tls: Option<weft_common::tls::TlsSettings>,
 }
 
 impl WorkerConfig {
@@ -82,6 +85,7 @@ impl WorkerConfig {
             http_listen: None,
             trace_operators: false,
             cluster_secret: None,
+            tls: None,
         }
     }
 }
@@ -118,6 +122,20 @@ impl Worker {
         config: WorkerConfig,
         registry: Arc<dyn Registry>,
     ) -> anyhow::Result<WorkerHandle> {
+        let tls = match &config.tls {
+            Some(tls) if tls.ca.is_none() => anyhow::bail!(
+                "a worker with --tls-cert-file also needs --tls-ca-file: it verifies the nodes it \
+                 talks to, and they it, against the cluster's CA"
+            ),
+            Some(tls) => {
+                weft_common::tls::check_own_certificate(tls).map_err(anyhow::Error::msg)?;
+                Some((
+                    weft_common::tls::server_config(tls, true).map_err(anyhow::Error::msg)?,
+                    weft_common::tls::client_config(tls).map_err(anyhow::Error::msg)?,
+                ))
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -126,10 +144,11 @@ impl Worker {
             None => None,
         };
         let local = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let address = match &config.advertise {
             Some(a) if a.contains("://") => a.clone(),
-            Some(a) => format!("http://{a}"),
-            None => format!("http://{local}"),
+            Some(a) => format!("{scheme}://{a}"),
+            None => format!("{scheme}://{local}"),
         };
         let id = config.id.clone().unwrap_or_else(|| {
             format!(
@@ -148,9 +167,10 @@ impl Worker {
         for e in errors {
             tracing::error!("{e}; the other catalogs stay available");
         }
-        let codec = WeftCodec::new(Arc::new(ClientPool::with_cluster_secret(
-            config.cluster_secret.clone(),
-        )))
+        let codec = WeftCodec::new(Arc::new(
+            ClientPool::with_cluster_secret(config.cluster_secret.clone())
+                .with_tls(tls.as_ref().map(|(_, client)| client.clone())),
+        ))
         .with_extension(connectors.codec());
         let runtime = runtime(config.memory_limit)?;
         // Files catalogs on object stores: plans name the URL, this process
@@ -180,18 +200,25 @@ impl Worker {
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        // Accepted sockets need TCP_NODELAY set here: the builder's setting only
-        // applies when tonic binds the listener itself.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop_rx.await;
-                }),
-        );
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service);
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        let server = match tls {
+            Some((server_tls, _)) => {
+                let incoming = weft_common::tls::incoming(listener, server_tls, "worker");
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            None => {
+                // Accepted sockets need TCP_NODELAY set here: the builder's setting only
+                // applies when tonic binds the listener itself.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
         let registration: Arc<dyn Registration> = Arc::from(registry.register(info.clone()).await?);
         tracing::info!(worker = %id, address = %info.address, slots = info.slots, "worker registered");
         let http = match http {

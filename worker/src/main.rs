@@ -28,6 +28,8 @@ struct Args {
     etcd: EtcdArgs,
     #[command(flatten)]
     security: NodeSecurityArgs,
+    #[command(flatten)]
+    tls: weft_common::tls::TlsArgs,
     /// Catalog file (TOML) describing the data sources.
     #[arg(long, env = "WEFT_CATALOGS")]
     catalogs: PathBuf,
@@ -76,11 +78,15 @@ async fn main() -> anyhow::Result<()> {
     })
     .map_err(anyhow::Error::msg)?;
     let cluster_secret = args.security.cluster_secret().map_err(anyhow::Error::msg)?;
+    let tls = args.tls.settings();
+    if let Some(tls) = &tls {
+        weft_common::tls::check_own_certificate(tls).map_err(anyhow::Error::msg)?;
+    }
     check_exposure(
         args.listen,
-        cluster_secret.is_some(),
+        cluster_secret.is_some() || tls.as_ref().is_some_and(|t| t.ca.is_some()),
         args.security.insecure,
-        "--cluster-secret-file FILE (the same file on every node)",
+        "--cluster-secret-file FILE (the same file on every node) or mutual TLS (--tls-cert-file, --tls-key-file, --tls-ca-file)",
     )
     .map_err(anyhow::Error::msg)?;
     // Validated at startup so a bad file fails here, not in the middle of a query.
@@ -98,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     config.trace_operators = args.trace_operators;
     config.catalogs = catalogs;
     config.cluster_secret = cluster_secret;
+    config.tls = tls;
     config.http_listen =
         weft_common::telemetry::http::http_listen_address(args.http_listen.as_deref(), args.listen)
             .map_err(anyhow::Error::msg)?;

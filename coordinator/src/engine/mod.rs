@@ -54,6 +54,9 @@ pub struct EngineSettings {
     /// Signs calls to workers and direct-results tickets
     /// (`--cluster-secret-file`); `None` = unsigned.
     pub cluster_secret: Option<Arc<weft_common::auth::ClusterSecret>>,
+    /// TLS towards `https://` workers (the cluster CA and this node's
+    /// certificate: mutual TLS); `None` = workers must serve plain HTTP/2.
+    pub worker_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for EngineSettings {
@@ -68,6 +71,7 @@ impl Default for EngineSettings {
             max_queued_queries: 1000,
             queue_timeout: std::time::Duration::from_secs(300),
             cluster_secret: None,
+            worker_tls: None,
         }
     }
 }
@@ -122,9 +126,10 @@ impl Engine {
         settings: EngineSettings,
         connectors: Arc<dyn datafusion_proto::physical_plan::PhysicalExtensionCodec>,
     ) -> Self {
-        let clients = Arc::new(ClientPool::with_cluster_secret(
-            settings.cluster_secret.clone(),
-        ));
+        let clients = Arc::new(
+            ClientPool::with_cluster_secret(settings.cluster_secret.clone())
+                .with_tls(settings.worker_tls.clone()),
+        );
         let last_members = parking_lot::Mutex::new(Arc::clone(&members.borrow()));
         Self {
             ctx,

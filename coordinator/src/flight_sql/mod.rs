@@ -232,13 +232,14 @@ fn direct_flight_info(
                 partition: *output,
                 grant: grant.clone(),
             };
-            let address = location
-                .address
-                .split_once("://")
-                .map_or(location.address.as_str(), |(_, a)| a);
+            let (scheme, address) = match location.address.split_once("://") {
+                Some(("https", a)) => ("grpc+tls", a),
+                Some((_, a)) => ("grpc+tcp", a),
+                None => ("grpc+tcp", location.address.as_str()),
+            };
             FlightEndpoint::new()
                 .with_ticket(Ticket::new(ticket.encode_to_vec()))
-                .with_location(format!("grpc+tcp://{address}"))
+                .with_location(format!("{scheme}://{address}"))
         })
         .collect();
     let info = FlightInfo::new()
