@@ -30,7 +30,9 @@
 //! [catalogs.customersdb]
 //! kind = "postgres"
 //! url = "postgresql://app:${ENV:CUSTOMERS_PW}@10.0.0.5:5432/customers"
-//! pool_size = 4                 # connections per process (default 4)
+//! pool_size = 4                 # idle connections kept per process (default 4)
+//! max_connections = 16          # connections open per process, idle included (default 16)
+//! pool_timeout = "30s"          # wait for a connection beyond max_connections (default 30s)
 //! connect_timeout = "10s"       # default 10s
 //! tls = "prefer"                # disable | prefer (default) | require
 //! unsupported_types = "text"    # text (read as text, default) | skip (leave the column out)
@@ -307,6 +309,12 @@ pub struct TableSplitConfig {
 pub struct DatabaseConfig {
     pub url: SecretUrl,
     pub pool_size: usize,
+    /// Connections this process may hold open to the database at once,
+    /// idle ones included.
+    pub max_connections: usize,
+    /// How long a reader waits for a connection when `max_connections` are
+    /// open, before it fails.
+    pub pool_timeout: Duration,
     pub connect_timeout: Duration,
     pub tls: TlsMode,
     pub unsupported_types: UnsupportedTypes,
@@ -328,6 +336,8 @@ impl DatabaseConfig {
         Self {
             url,
             pool_size: 4,
+            max_connections: 16,
+            pool_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             tls: TlsMode::Prefer,
             unsupported_types: UnsupportedTypes::Text,
@@ -547,6 +557,8 @@ fn parse_database(
             "kind",
             "url",
             "pool_size",
+            "max_connections",
+            "pool_timeout",
             "connect_timeout",
             "tls",
             "unsupported_types",
@@ -579,6 +591,30 @@ fn parse_database(
                 format!("expected an integer from 1 to 1024, found {other}"),
             ))
         }
+    }
+    match table.get("max_connections") {
+        None => {}
+        Some(toml::Value::Integer(n)) if *n >= 1 && *n <= 4096 => {
+            config.max_connections = *n as usize
+        }
+        Some(other) => {
+            return Err(field_err(
+                "max_connections",
+                format!("expected an integer from 1 to 4096, found {other}"),
+            ))
+        }
+    }
+    if config.pool_size > config.max_connections {
+        return Err(field_err(
+            "pool_size",
+            format!(
+                "{} idle connections cannot be kept with max_connections = {}; lower pool_size or raise max_connections",
+                config.pool_size, config.max_connections
+            ),
+        ));
+    }
+    if let Some(t) = get_str("pool_timeout")? {
+        config.pool_timeout = parse_duration(&t).map_err(|m| field_err("pool_timeout", m))?;
     }
     config.remote_catalog = get_str("catalog")?;
     if let Some(t) = get_str("connect_timeout")? {

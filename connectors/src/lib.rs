@@ -37,6 +37,7 @@ pub mod postgres;
 pub mod pushdown;
 pub mod regroup;
 pub mod remote_scan;
+pub mod slots;
 pub mod splits;
 
 use std::any::Any;

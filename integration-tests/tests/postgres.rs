@@ -489,3 +489,55 @@ async fn single_catalog_sub_plans_run_as_one_remote_query() {
         same_rows(&got, &want).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
+
+/// `max_connections` bounds the connections one process opens to a
+/// catalog, idle ones included: at the bound a reader waits for a
+/// connection to come back, and after `pool_timeout` fails with an error
+/// naming the setting instead of hanging. PostgreSQL itself counts the
+/// connections (`pg_stat_activity`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_connections_bounds_a_catalogs_connections() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let url = create_database("weft_pool").await.expect("create database");
+        let db = url.rsplit('/').next().unwrap().to_string();
+        let mut config = postgres_catalog(&url);
+        config.pool_size = 1;
+        config.max_connections = 2;
+        config.pool_timeout = Duration::from_millis(800);
+        let source = std::sync::Arc::new(
+            weft_connectors::postgres::PostgresSource::try_new("capped", config).expect("source"),
+        );
+        let admin = connect(&url).await.expect("admin connection");
+        let open = || async {
+            let row = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'weft'",
+                    &[&db],
+                )
+                .await
+                .expect("pg_stat_activity");
+            row.get::<_, i64>(0)
+        };
+        let a = source.client().await.expect("first");
+        let b = source.client().await.expect("second");
+        assert_eq!(open().await, 2);
+        // A third waits, then fails clearly.
+        let started = std::time::Instant::now();
+        let err = source.client().await.expect_err("a third connection").to_string();
+        assert!(started.elapsed() >= Duration::from_millis(700));
+        assert!(err.contains("max_connections") && err.contains("\"capped\""), "{err}");
+        assert_eq!(open().await, 2);
+        // One comes back while another reader waits: the waiter gets it.
+        let waiter = {
+            let source = std::sync::Arc::clone(&source);
+            tokio::spawn(async move { source.client().await.map(|c| c.release()) })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.release();
+        waiter.await.unwrap().expect("the waiter got the released connection");
+        assert!(open().await <= 2);
+        drop(b);
+    })
+    .await
+    .expect("the test timed out");
+}

@@ -24,13 +24,14 @@ use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use weft_common::config::{DatabaseConfig, TlsMode};
 
 use self::catalog::MysqlTable;
 use self::types::{MyWire, TextDecoder};
 use crate::catalog::Listing;
 use crate::error::SourceError;
+use crate::slots::{ConnectionSlots, Slot};
 use crate::{RemoteSource, ScanRequest};
 
 /// Databases that are the server's own, not users'.
@@ -52,7 +53,44 @@ pub struct MysqlSource {
     opts: Opts,
     host: String,
     user: String,
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<Vec<PooledConn>>,
+    /// At most `max_connections` open at once.
+    slots: Arc<ConnectionSlots>,
+}
+
+/// A connection counted towards `max_connections` until dropped.
+pub struct PooledConn {
+    conn: Conn,
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<ConnectionSlots>,
+}
+
+impl std::fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConn")
+            .field("id", &self.conn.id())
+            .finish()
+    }
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.slots.freed();
+    }
 }
 
 impl std::fmt::Debug for MysqlSource {
@@ -84,6 +122,8 @@ impl MysqlSource {
         }
         let host = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
         let user = opts.user().unwrap_or("").to_string();
+        let slots =
+            ConnectionSlots::new(catalog, &host, config.max_connections, config.pool_timeout);
         let opts: Opts = OptsBuilder::from_opts(opts)
             // Stay on TCP: the socket the server reports may not be ours.
             .prefer_socket(false)
@@ -99,6 +139,7 @@ impl MysqlSource {
             host,
             user,
             idle: Mutex::new(Vec::new()),
+            slots: Arc::new(slots),
         })
     }
 
@@ -130,26 +171,38 @@ impl MysqlSource {
         }
     }
 
-    /// An idle connection that still answers, or a new one.
-    pub async fn conn(&self) -> Result<Conn, SourceError> {
+    /// An idle connection that still answers, or a new one; waits (bounded
+    /// by `pool_timeout`) while `max_connections` are open.
+    pub async fn conn(&self) -> Result<PooledConn, SourceError> {
         loop {
-            let candidate = self.idle.lock().pop();
-            match candidate {
-                Some(mut conn) => {
+            match self.slots.acquire(|| self.idle.lock().pop()).await? {
+                Slot::Idle(mut conn) => {
                     if conn.ping().await.is_ok() {
                         return Ok(conn);
                     }
                 }
-                None => return self.connect_raw().await,
+                Slot::New(permit) => {
+                    let conn = self
+                        .connect_raw()
+                        .await
+                        .inspect_err(|_| self.slots.freed())?;
+                    return Ok(PooledConn {
+                        conn,
+                        permit: Some(permit),
+                        slots: Arc::clone(&self.slots),
+                    });
+                }
             }
         }
     }
 
     /// Returns a connection with no pending result to the idle list.
-    pub fn release(&self, conn: Conn) {
+    pub fn release(&self, conn: PooledConn) {
         let mut idle = self.idle.lock();
         if idle.len() < self.config.pool_size {
             idle.push(conn);
+            drop(idle);
+            self.slots.freed();
         }
     }
 
@@ -177,11 +230,13 @@ impl MysqlSource {
     /// Stops the statement running on connection `id` (a cancelled scan).
     async fn kill_query(&self, id: u32) {
         match self.connect_raw().await {
+            // Outside max_connections: stopping a statement must never wait
+            // for the connections it is about to free.
             Ok(mut conn) => {
                 if let Err(e) = conn.query_drop(format!("KILL QUERY {id}")).await {
                     tracing::debug!(catalog = %self.catalog, "KILL QUERY {id}: {e}");
                 }
-                self.release(conn);
+                let _ = conn.disconnect().await;
             }
             Err(e) => tracing::debug!("cannot stop a cancelled MySQL query: {e}"),
         }

@@ -21,9 +21,12 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 use parking_lot::Mutex;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, CopyOutStream, NoTls};
+
+use crate::slots::{ConnectionSlots, Slot};
 use weft_common::config::{DatabaseConfig, TlsMode};
 
 use self::catalog::PostgresTable;
@@ -65,7 +68,9 @@ pub struct PostgresSource {
     pg: tokio_postgres::Config,
     host: String,
     user: String,
-    idle: Mutex<Vec<(Client, JoinHandle<()>)>>,
+    idle: Mutex<Vec<(Client, JoinHandle<()>, OwnedSemaphorePermit)>>,
+    /// At most `max_connections` open at once.
+    slots: Arc<ConnectionSlots>,
 }
 
 impl std::fmt::Debug for PostgresSource {
@@ -115,6 +120,12 @@ impl PostgresSource {
             None => format!("localhost:{port}"),
         };
         let user = pg.get_user().unwrap_or("").to_string();
+        let slots = Arc::new(ConnectionSlots::new(
+            catalog,
+            &host,
+            config.max_connections,
+            config.pool_timeout,
+        ));
         Ok(Self {
             catalog: catalog.to_string(),
             config,
@@ -122,6 +133,7 @@ impl PostgresSource {
             host,
             user,
             idle: Mutex::new(Vec::new()),
+            slots,
         })
     }
 
@@ -168,36 +180,50 @@ impl PostgresSource {
     }
 
     /// A pooled connection (an idle one, or a new one).
+    /// Waits (bounded by `pool_timeout`) while `max_connections` are open.
     pub async fn client(self: &Arc<Self>) -> Result<PooledClient, SourceError> {
-        loop {
-            let candidate = self.idle.lock().pop();
-            match candidate {
-                Some((client, driver)) if !client.is_closed() => {
-                    return Ok(PooledClient {
-                        client: Some(client),
-                        driver: Some(driver),
-                        source: Arc::clone(self),
-                        reusable: false,
-                    })
-                }
-                Some((_, driver)) => driver.abort(),
-                None => break,
-            }
-        }
-        let (client, driver) = self.connect_raw().await?;
+        let (client, driver, permit) = self.open_slot().await?;
         Ok(PooledClient {
             client: Some(client),
             driver: Some(driver),
+            permit: Some(permit),
             source: Arc::clone(self),
             reusable: false,
         })
+    }
+
+    /// A healthy idle connection, or a new one once a slot is free.
+    async fn open_slot(
+        &self,
+    ) -> Result<(Client, JoinHandle<()>, OwnedSemaphorePermit), SourceError> {
+        let take_idle = || loop {
+            let candidate = self.idle.lock().pop();
+            match candidate {
+                Some(entry) if !entry.0.is_closed() => return Some(entry),
+                Some((_, driver, permit)) => {
+                    driver.abort();
+                    drop(permit);
+                }
+                None => return None,
+            }
+        };
+        match self.slots.acquire(take_idle).await? {
+            Slot::Idle(entry) => Ok(entry),
+            Slot::New(permit) => {
+                let (client, driver) = self
+                    .connect_raw()
+                    .await
+                    .inspect_err(|_| self.slots.freed())?;
+                Ok((client, driver, permit))
+            }
+        }
     }
 
     /// Opens a transaction on a dedicated connection and exports its snapshot,
     /// so that several split reads see the same data. The snapshot stays
     /// importable while the returned value lives.
     pub async fn export_snapshot(&self) -> Result<ExportedSnapshot, SourceError> {
-        let (client, driver) = self.connect_raw().await?;
+        let (client, driver, permit) = self.open_slot().await?;
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
@@ -211,6 +237,8 @@ impl PostgresSource {
             id,
             _client: client,
             driver,
+            permit: Some(permit),
+            slots: Arc::clone(&self.slots),
         })
     }
 
@@ -323,12 +351,17 @@ pub struct ExportedSnapshot {
     pub id: String,
     _client: Client,
     driver: JoinHandle<()>,
+    /// Counts towards `max_connections` while the snapshot lives.
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<ConnectionSlots>,
 }
 
 impl Drop for ExportedSnapshot {
     fn drop(&mut self) {
         // Closing the socket ends the exporting transaction.
         self.driver.abort();
+        drop(self.permit.take());
+        self.slots.freed();
     }
 }
 
@@ -338,6 +371,7 @@ impl Drop for ExportedSnapshot {
 pub struct PooledClient {
     client: Option<Client>,
     driver: Option<JoinHandle<()>>,
+    permit: Option<OwnedSemaphorePermit>,
     source: Arc<PostgresSource>,
     reusable: bool,
 }
@@ -366,18 +400,24 @@ impl std::ops::Deref for PooledClient {
 
 impl Drop for PooledClient {
     fn drop(&mut self) {
-        let (Some(client), Some(driver)) = (self.client.take(), self.driver.take()) else {
+        let (Some(client), Some(driver), Some(permit)) =
+            (self.client.take(), self.driver.take(), self.permit.take())
+        else {
             return;
         };
         if self.reusable && !client.is_closed() {
             let mut idle = self.source.idle.lock();
             if idle.len() < self.source.config.pool_size {
-                idle.push((client, driver));
+                idle.push((client, driver, permit));
+                drop(idle);
+                self.source.slots.freed();
                 return;
             }
         }
         drop(client);
         driver.abort();
+        drop(permit);
+        self.source.slots.freed();
     }
 }
 
