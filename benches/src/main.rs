@@ -13,6 +13,7 @@
 
 mod fedjoin;
 mod pgscan;
+mod security;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -100,6 +101,23 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         queries: Vec<usize>,
     },
+    /// Overhead of authentication, a cluster secret and TLS everywhere
+    /// against none: two clusters of separate processes, same run.
+    Security {
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        /// `SELECT 1` round trips per cluster.
+        #[arg(long, default_value_t = 300)]
+        latency_iterations: usize,
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
+    },
     /// Round trip of `SELECT 1` through Flight SQL.
     Latency {
         #[arg(long, default_value_t = 500)]
@@ -144,6 +162,24 @@ async fn main() -> anyhow::Result<()> {
             iterations,
             queries,
         } => telemetry::telemetry(scale, data, workers, iterations, queries).await,
+        Cmd::Security {
+            scale,
+            data,
+            workers,
+            iterations,
+            latency_iterations,
+            queries,
+        } => {
+            security::security(
+                scale,
+                data,
+                workers,
+                iterations,
+                latency_iterations,
+                queries,
+            )
+            .await
+        }
         Cmd::Pgscan {
             pg_url,
             scale,
