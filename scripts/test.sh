@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib/postgres.sh
 # shellcheck source=lib/mariadb.sh
 . scripts/lib/mariadb.sh
+# shellcheck source=lib/dbtls.sh
+. scripts/lib/dbtls.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}"
 
 need_apt=()
@@ -99,6 +101,10 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 export WEFT_TEST_ETCD="http://127.0.0.1:$client_port"
+
+# The test databases serve TLS with a private CA, as production ones do.
+db_certs "$work/dbtls"
+export WEFT_TEST_DB_CA="$DB_CA"
 
 pg_start "$work/pg"
 export WEFT_TEST_PG="$PG_URL"

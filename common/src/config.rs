@@ -34,7 +34,8 @@
 //! max_connections = 16          # connections open per process, idle included (default 16)
 //! pool_timeout = "30s"          # wait for a connection beyond max_connections (default 30s)
 //! connect_timeout = "10s"       # default 10s
-//! tls = "prefer"                # disable | prefer (default) | require
+//! tls = "prefer"                # disable | prefer (default) | require | verify-full
+//! tls_ca_file = "/etc/ssl/db-ca.pem"  # the CA verify-full trusts
 //! unsupported_types = "text"    # text (read as text, default) | skip (leave the column out)
 //! split_size = "64MB"           # table bytes per parallel split (default 64MB)
 //! string_range_pushdown = false # push <, >, BETWEEN on strings (collation!) to the source
@@ -275,12 +276,19 @@ impl std::fmt::Display for SecretUrl {
     }
 }
 
-/// Transport security towards a database.
+/// Transport security towards a database (as libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
+    /// Plain text.
     Disable,
+    /// TLS when the server offers it, else plain text with a warning in the
+    /// log (the certificate is not verified).
     Prefer,
+    /// TLS or no connection (encrypted; the certificate is not verified).
     Require,
+    /// TLS with the server's certificate verified against `tls_ca_file`
+    /// and its name against the URL's host.
+    VerifyFull,
 }
 
 /// What to do with a column whose type has no Arrow mapping.
@@ -317,6 +325,8 @@ pub struct DatabaseConfig {
     pub pool_timeout: Duration,
     pub connect_timeout: Duration,
     pub tls: TlsMode,
+    /// CA certificates (PEM) that `verify-full` trusts.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     pub unsupported_types: UnsupportedTypes,
     /// Table bytes per split when splitting by the table's size.
     pub split_size: u64,
@@ -340,6 +350,7 @@ impl DatabaseConfig {
             pool_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             tls: TlsMode::Prefer,
+            tls_ca_file: None,
             unsupported_types: UnsupportedTypes::Text,
             split_size: 64 * 1024 * 1024,
             string_range_pushdown: false,
@@ -561,6 +572,7 @@ fn parse_database(
             "pool_timeout",
             "connect_timeout",
             "tls",
+            "tls_ca_file",
             "unsupported_types",
             "split_size",
             "string_range_pushdown",
@@ -624,13 +636,23 @@ fn parse_database(
         None | Some("prefer") => TlsMode::Prefer,
         Some("disable") => TlsMode::Disable,
         Some("require") => TlsMode::Require,
+        Some("verify-full") => TlsMode::VerifyFull,
         Some(other) => {
             return Err(field_err(
                 "tls",
-                format!("unknown mode \"{other}\" (expected disable, prefer or require)"),
+                format!(
+                    "unknown mode \"{other}\" (expected disable, prefer, require or verify-full)"
+                ),
             ))
         }
     };
+    config.tls_ca_file = get_str("tls_ca_file")?.map(std::path::PathBuf::from);
+    if config.tls == TlsMode::VerifyFull && config.tls_ca_file.is_none() {
+        return Err(field_err(
+            "tls",
+            "verify-full needs tls_ca_file = \"/path/to/ca.pem\" (the CA that issued the database's certificate)".to_string(),
+        ));
+    }
     config.unsupported_types = match get_str("unsupported_types")?.as_deref() {
         None | Some("text") => UnsupportedTypes::Text,
         Some("skip") => UnsupportedTypes::Skip,

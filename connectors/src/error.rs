@@ -13,8 +13,10 @@ pub enum SourceError {
         url: String,
         reason: String,
     },
-    #[error("catalog \"{catalog}\": tls = \"require\" is not available in this build of Weft (it has no TLS library); use tls = \"prefer\" or \"disable\", or a TLS-terminating proxy")]
+    #[error("catalog \"{catalog}\": TLS to Flight SQL servers is not supported yet; use tls = \"disable\", or a TLS-terminating proxy")]
     TlsUnsupported { catalog: String },
+    #[error("catalog \"{catalog}\": cannot use tls_ca_file: {reason}")]
+    TlsCa { catalog: String, reason: String },
     #[error("catalog \"{catalog}\": all {max} connections to {host} this process may open (max_connections) stayed in use for {secs} s; raise max_connections in the catalog file if the database allows more connections, lower the table's splits, or run fewer queries at once (pool_timeout bounds the wait)")]
     PoolExhausted {
         catalog: String,

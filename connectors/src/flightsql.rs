@@ -131,7 +131,7 @@ impl FlightSqlSource {
             url: config.url.redacted(),
             reason,
         };
-        if config.tls == TlsMode::Require {
+        if matches!(config.tls, TlsMode::Require | TlsMode::VerifyFull) {
             return Err(SourceError::TlsUnsupported {
                 catalog: catalog.to_string(),
             });

@@ -28,6 +28,7 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod dbtls;
 pub mod error;
 pub mod filters;
 pub mod flightsql;

@@ -3,7 +3,8 @@
 #   my_find_bin             directory with mariadbd, or "" when not installed
 #   my_start DIR            mariadb-install-db + start on a free 127.0.0.1 port,
 #                           data in DIR; sets MY_URL (user weft with a random
-#                           password and every privilege, database weft)
+#                           password and every privilege, database weft); serves
+#                           TLS too when DB_TLS_DIR is set (db_certs in dbtls.sh)
 #   my_stop DIR             stop (safe to call when not started)
 #
 # Needs free_port from postgres.sh. As root the server runs as the mysql
@@ -33,6 +34,13 @@ my_start() {
     chown -R mysql "$dir"
     user_opt=(--user=mysql)
   fi
+  local tls_opts=()
+  if [ -n "${DB_TLS_DIR:-}" ]; then
+    cp "$DB_TLS_DIR/server.crt" "$DB_TLS_DIR/server.key" "$DB_TLS_DIR/ca.crt" "$dir/"
+    chmod 600 "$dir/server.key"
+    [ "$(id -u)" -eq 0 ] && chown mysql "$dir/server.crt" "$dir/server.key" "$dir/ca.crt"
+    tls_opts=(--ssl-cert="$dir/server.crt" --ssl-key="$dir/server.key" --ssl-ca="$dir/ca.crt")
+  fi
   mariadb-install-db --no-defaults --datadir="$dir/data" "${user_opt[@]}" \
     --auth-root-authentication-method=socket --skip-test-db >"$dir/install.log" 2>&1 || {
     echo "mariadb-install-db failed:" >&2
@@ -43,7 +51,7 @@ my_start() {
     --port="$port" --bind-address=127.0.0.1 --socket="$dir/mysqld.sock" \
     --pid-file="$dir/mysqld.pid" --log-error="$dir/server.log" \
     --skip-name-resolve --innodb-flush-log-at-trx-commit=0 --innodb-buffer-pool-size=256M \
-    --max-connections=300 --character-set-server=utf8mb4 >/dev/null 2>&1 &
+    --max-connections=300 --character-set-server=utf8mb4 "${tls_opts[@]}" >/dev/null 2>&1 &
   local i
   for i in $(seq 1 300); do
     if mariadb --no-defaults -S "$dir/mysqld.sock" -u root -e 'SELECT 1' >/dev/null 2>&1; then

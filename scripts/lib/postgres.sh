@@ -2,7 +2,8 @@
 #
 #   pg_find_bin             directory with initdb/pg_ctl, or "" when not installed
 #   pg_start DIR            initdb + start on a free 127.0.0.1 port, data in DIR;
-#                           sets PG_URL (user weft, random password, database postgres)
+#                           sets PG_URL (user weft, random password, database postgres);
+#                           serves TLS too when DB_TLS_DIR is set (db_certs in dbtls.sh)
 #   pg_stop DIR             immediate stop (safe to call when not started)
 #
 # PostgreSQL refuses to run as root; as root the server runs as the postgres
@@ -41,6 +42,14 @@ pg_start() {
     id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
     chown -R postgres "$dir"
   fi
+  local tls_opts=""
+  if [ -n "${DB_TLS_DIR:-}" ]; then
+    # The key must belong to the server's user and be private to it.
+    cp "$DB_TLS_DIR/server.crt" "$DB_TLS_DIR/server.key" "$dir/"
+    chmod 600 "$dir/server.key"
+    [ "$(id -u)" -eq 0 ] && chown postgres "$dir/server.crt" "$dir/server.key"
+    tls_opts="-c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key"
+  fi
   pg_as "$bin/initdb" -D "$dir/data" -U weft --pwfile="$dir/pwfile" \
     --auth=scram-sha-256 -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 || {
     echo "initdb failed:" >&2
@@ -48,7 +57,7 @@ pg_start() {
     return 1
   }
   pg_as "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off $tls_opts" \
     start >/dev/null || {
     echo "PostgreSQL failed to start:" >&2
     cat "$dir/server.log" >&2

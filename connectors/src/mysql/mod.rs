@@ -51,6 +51,9 @@ pub struct MysqlSource {
     pub catalog: String,
     pub config: DatabaseConfig,
     opts: Opts,
+    /// `opts` without TLS: what `prefer` falls back to.
+    plain: Opts,
+    warned_plain: std::sync::atomic::AtomicBool,
     host: String,
     user: String,
     idle: Mutex<Vec<PooledConn>>,
@@ -111,31 +114,53 @@ impl MysqlSource {
             url: config.url.redacted(),
             reason: e.to_string(),
         })?;
-        match config.tls {
-            // Without a TLS library both connect in plain text.
-            TlsMode::Disable | TlsMode::Prefer => {}
-            TlsMode::Require => {
-                return Err(SourceError::TlsUnsupported {
+        let ssl = match config.tls {
+            TlsMode::Disable => None,
+            // Encrypted, the certificate not verified (as libpq's require).
+            TlsMode::Prefer | TlsMode::Require => Some(
+                mysql_async::SslOpts::default()
+                    .with_danger_accept_invalid_certs(true)
+                    .with_danger_skip_domain_validation(true),
+            ),
+            TlsMode::VerifyFull => {
+                let ca = config
+                    .tls_ca_file
+                    .clone()
+                    .ok_or_else(|| SourceError::TlsCa {
+                        catalog: catalog.to_string(),
+                        reason: "verify-full needs tls_ca_file".to_string(),
+                    })?;
+                weft_common::tls::roots(&ca).map_err(|reason| SourceError::TlsCa {
                     catalog: catalog.to_string(),
-                })
+                    reason,
+                })?;
+                Some(
+                    mysql_async::SslOpts::default()
+                        .with_root_certs(vec![ca.into()])
+                        .with_disable_built_in_roots(true),
+                )
             }
-        }
+        };
         let host = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
         let user = opts.user().unwrap_or("").to_string();
         let slots =
             ConnectionSlots::new(catalog, &host, config.max_connections, config.pool_timeout);
-        let opts: Opts = OptsBuilder::from_opts(opts)
+        let plain: Opts = OptsBuilder::from_opts(opts)
             // Stay on TCP: the socket the server reports may not be ours.
             .prefer_socket(false)
             .init(vec![
                 "SET time_zone = '+00:00'",
                 "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'NO_BACKSLASH_ESCAPES')",
             ])
+            .ssl_opts(None::<mysql_async::SslOpts>)
             .into();
+        let opts: Opts = OptsBuilder::from_opts(plain.clone()).ssl_opts(ssl).into();
         Ok(Self {
             catalog: catalog.to_string(),
             config,
             opts,
+            plain,
+            warned_plain: std::sync::atomic::AtomicBool::new(false),
             host,
             user,
             idle: Mutex::new(Vec::new()),
@@ -155,7 +180,28 @@ impl MysqlSource {
     /// A new connection, not from the pool.
     async fn connect_raw(&self) -> Result<Conn, SourceError> {
         let timeout = self.config.connect_timeout;
-        match tokio::time::timeout(timeout, Conn::new(self.opts.clone())).await {
+        let mut attempt = tokio::time::timeout(timeout, Conn::new(self.opts.clone())).await;
+        if self.config.tls == TlsMode::Prefer
+            && matches!(
+                attempt,
+                Ok(Err(mysql_async::Error::Driver(
+                    mysql_async::DriverError::NoClientSslFlagFromServer
+                )))
+            )
+        {
+            if !self
+                .warned_plain
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    catalog = %self.catalog,
+                    host = %self.host,
+                    "the server does not offer TLS: connecting in plain text (tls = \"prefer\"); set tls = \"require\" to refuse plain text, or \"disable\" to connect without trying"
+                );
+            }
+            attempt = tokio::time::timeout(timeout, Conn::new(self.plain.clone())).await;
+        }
+        match attempt {
             Err(_) => Err(SourceError::ConnectTimeout {
                 catalog: self.catalog.clone(),
                 host: self.host.clone(),

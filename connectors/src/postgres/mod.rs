@@ -68,6 +68,10 @@ pub struct PostgresSource {
     pg: tokio_postgres::Config,
     host: String,
     user: String,
+    /// `None` for `tls = "disable"`.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// `prefer`: whether the first connection was checked for TLS.
+    checked_tls: std::sync::atomic::AtomicBool,
     idle: Mutex<Vec<(Client, JoinHandle<()>, OwnedSemaphorePermit)>>,
     /// At most `max_connections` open at once.
     slots: Arc<ConnectionSlots>,
@@ -96,20 +100,13 @@ impl PostgresSource {
                     url: config.url.redacted(),
                     reason: e.to_string(),
                 })?;
-        match config.tls {
-            TlsMode::Disable => {
-                pg.ssl_mode(SslMode::Disable);
-            }
-            // Without a TLS library `prefer` connects in plain text.
-            TlsMode::Prefer => {
-                pg.ssl_mode(SslMode::Prefer);
-            }
-            TlsMode::Require => {
-                return Err(SourceError::TlsUnsupported {
-                    catalog: catalog.to_string(),
-                })
-            }
-        }
+        pg.ssl_mode(match config.tls {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyFull => SslMode::Require,
+        });
+        let tls = crate::dbtls::client_config(catalog, &config)?
+            .map(tokio_postgres_rustls::MakeRustlsConnect::new);
         pg.connect_timeout(config.connect_timeout);
         pg.application_name("weft");
         let port = pg.get_ports().first().copied().unwrap_or(5432);
@@ -132,6 +129,8 @@ impl PostgresSource {
             pg,
             host,
             user,
+            tls,
+            checked_tls: std::sync::atomic::AtomicBool::new(false),
             idle: Mutex::new(Vec::new()),
             slots,
         })
@@ -148,8 +147,47 @@ impl PostgresSource {
 
     /// A new connection, not from the pool.
     async fn connect_raw(&self) -> Result<(Client, JoinHandle<()>), SourceError> {
+        let (client, driver) = match &self.tls {
+            Some(tls) => self.drive(self.pg.connect(tls.clone())).await?,
+            None => self.drive(self.pg.connect(NoTls)).await?,
+        };
+        if self.config.tls == TlsMode::Prefer
+            && !self
+                .checked_tls
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let encrypted = client
+                .query_opt(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .ok()
+                .flatten()
+                .and_then(|row| row.try_get::<_, bool>(0).ok());
+            if encrypted == Some(false) {
+                tracing::warn!(
+                    catalog = %self.catalog,
+                    host = %self.host,
+                    "the server does not offer TLS: connected in plain text (tls = \"prefer\"); set tls = \"require\" to refuse plain text, or \"disable\" to connect without trying"
+                );
+            }
+        }
+        Ok((client, driver))
+    }
+
+    /// Connects (bounded by `connect_timeout`) and drives the socket on a task.
+    async fn drive<S, T>(
+        &self,
+        connecting: impl std::future::Future<
+            Output = Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>,
+        >,
+    ) -> Result<(Client, JoinHandle<()>), SourceError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let timeout = self.config.connect_timeout;
-        let connecting = self.pg.connect(NoTls);
         let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => {
                 return Err(SourceError::ConnectTimeout {
