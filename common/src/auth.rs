@@ -191,7 +191,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -208,9 +208,15 @@ pub struct WatchedFile<T> {
     path: PathBuf,
     /// Every file the value is made of (a certificate and its key).
     watched: Vec<PathBuf>,
-    parse: Box<dyn Fn(&Path) -> Result<T, String> + Send + Sync>,
-    state: Mutex<(Vec<Option<(SystemTime, u64)>>, Arc<T>)>,
+    parse: Parser<T>,
+    /// The files' stamps when last parsed, and the value.
+    state: Mutex<(Vec<Stamp>, Arc<T>)>,
 }
+
+type Parser<T> = Box<dyn Fn(&Path) -> Result<T, String> + Send + Sync>;
+
+/// Modification time and size of a file; `None` when it cannot be read.
+type Stamp = Option<(SystemTime, u64)>;
 
 impl<T> std::fmt::Debug for WatchedFile<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,7 +279,7 @@ impl<T: Send + Sync + 'static> WatchedFile<T> {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }

@@ -202,7 +202,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 grant: Some(weft_proto::ResultGrant {
                     user: "alice".into(),
                     expires: 4_000_000_000,
-                    signature: vec![7; 32].into(),
+                    signature: vec![7; 32],
                 }),
             };
             vec![statement.as_any().encode_to_vec(), partition.encode_to_vec()]

@@ -214,9 +214,7 @@ fn direct_flight_info(
         weft_proto::ResultGrant {
             user: query.identity.user.clone(),
             expires,
-            signature: secret
-                .sign_grant(&query.id, &query.identity.user, expires)
-                .into(),
+            signature: secret.sign_grant(&query.id, &query.identity.user, expires),
         }
     });
     let endpoints = run
