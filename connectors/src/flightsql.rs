@@ -105,7 +105,7 @@ fn parse_url(url: &str) -> Result<ParsedUrl, String> {
     match scheme {
         "grpc" | "grpc+tcp" | "http" => {}
         "grpc+tls" | "https" => {
-            return Err("TLS is not available in this build of Weft (it has no TLS library); use grpc:// or a TLS-terminating proxy".to_string())
+            return Err("TLS to Flight SQL catalogs (grpc+tls://) is not supported yet; use grpc:// or a TLS-terminating proxy".to_string())
         }
         other => return Err(format!("unknown scheme \"{other}\" (expected grpc://)")),
     }
