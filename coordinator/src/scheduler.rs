@@ -96,6 +96,7 @@ pub fn place(
 /// cancels the query on all workers.
 pub async fn launch_all(
     query_id: &str,
+    attempt: u32,
     graph: &StageGraph,
     placement: &[Vec<WorkerInfo>],
     config: &SessionConfig,
@@ -113,6 +114,7 @@ pub async fn launch_all(
                     task_index: t as u32,
                     address: w.address.clone(),
                     worker_id: w.id.clone(),
+                    attempt,
                 })
                 .collect()
         })
@@ -141,6 +143,7 @@ pub async fn launch_all(
                 query_id: query_id.to_string(),
                 stage_id: stage.id,
                 task_index: t as u32,
+                attempt,
             };
             let request = LaunchTask {
                 task: Some(task.clone()),

@@ -197,6 +197,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                     query_id: "q-1".into(),
                     stage_id: 2,
                     task_index: 1,
+                    attempt: 0,
                 }),
                 partition: 4,
                 grant: Some(weft_proto::ResultGrant {

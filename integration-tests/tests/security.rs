@@ -441,6 +441,7 @@ async fn clients_are_checked_and_kept_apart() {
                     query_id: id.clone(),
                     stage_id: 0,
                     task_index: 0,
+                    attempt: 0,
                 }),
                 partition: 0,
                 grant: None,

@@ -8,7 +8,7 @@
 //! ```
 //! use prost::Message;
 //! use weft_proto::{PartitionTicket, TaskId};
-//! let t = PartitionTicket { task: Some(TaskId { query_id: "q".into(), stage_id: 1, task_index: 0 }), partition: 3, grant: None };
+//! let t = PartitionTicket { task: Some(TaskId { query_id: "q".into(), stage_id: 1, task_index: 0, attempt: 0 }), partition: 3, grant: None };
 //! let back = PartitionTicket::decode(t.encode_to_vec().as_slice()).unwrap();
 //! assert_eq!(back.partition, 3);
 //! ```
@@ -18,10 +18,10 @@ include!(concat!(env!("OUT_DIR"), "/weft.rs"));
 
 impl std::fmt::Display for TaskId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}/stage-{}/task-{}",
-            self.query_id, self.stage_id, self.task_index
-        )
+        write!(f, "{}/", self.query_id)?;
+        if self.attempt > 0 {
+            write!(f, "attempt-{}/", self.attempt)?;
+        }
+        write!(f, "stage-{}/task-{}", self.stage_id, self.task_index)
     }
 }

@@ -62,10 +62,12 @@ pub enum TaskError {
     },
 }
 
-type Key = (String, u32, u32);
+/// (query, attempt, stage, task): tasks of different attempts of one query
+/// never stand for each other.
+type Key = (String, u32, u32, u32);
 
 fn key(t: &TaskId) -> Key {
-    (t.query_id.clone(), t.stage_id, t.task_index)
+    (t.query_id.clone(), t.attempt, t.stage_id, t.task_index)
 }
 
 /// Everything the worker knows about its tasks.
@@ -897,6 +899,7 @@ mod tests {
             query_id: "q".into(),
             stage_id,
             task_index: 0,
+            attempt: 0,
         }
     }
 
@@ -932,6 +935,7 @@ mod tests {
                     task_index: 0,
                     address: ADDRESS.into(),
                     worker_id: worker.into(),
+                    attempt: 0,
                 }])
                 .expect("bind");
         Arc::new(reader)
@@ -973,6 +977,42 @@ mod tests {
             (1, 1),
             "the local read counts like a DoGet"
         );
+    }
+
+    /// A query placed again runs the same stages as a new attempt: the
+    /// earlier attempt's late reader cannot take the new attempt's output.
+    #[tokio::test]
+    async fn attempts_of_one_query_keep_separate_outputs() {
+        let (manager, codec) = manager("w1");
+        let plan = physical_plan_to_bytes_with_extension_codec(producer(), &codec).expect("encode");
+        let attempt = |n: u32| TaskId {
+            attempt: n,
+            ..id(0)
+        };
+        for n in [0, 1] {
+            manager
+                .launch(LaunchTask {
+                    task: Some(attempt(n)),
+                    plan: plan.to_vec(),
+                    ..Default::default()
+                })
+                .expect("launch");
+        }
+        assert_eq!(manager.task_count(), 2);
+        let _late = manager.output_batches(&attempt(0), 0).expect("attempt 0");
+        let (_, stream) = manager
+            .output_batches(&attempt(1), 0)
+            .expect("attempt 1's output is still free");
+        let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream)
+            .await
+            .expect("read");
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
+        assert!(matches!(
+            manager.output_batches(&attempt(1), 0),
+            Err(TaskError::AlreadyConsumed { .. })
+        ));
+        assert_eq!(attempt(1).to_string(), "q/attempt-1/stage-0/task-0");
+        assert_eq!(attempt(0).to_string(), "q/stage-0/task-0");
     }
 
     #[tokio::test]

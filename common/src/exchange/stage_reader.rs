@@ -276,6 +276,7 @@ impl ExecutionPlan for StageReaderExec {
                 query_id: self.query_id.clone(),
                 stage_id: self.stage_id,
                 task_index: location.task_index,
+                attempt: location.attempt,
             };
             let schema = Arc::clone(&self.schema);
             let stage_id = self.stage_id;

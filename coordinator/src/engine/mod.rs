@@ -414,8 +414,13 @@ impl Engine {
                 workers: used_workers.clone(),
                 direct: false,
             }));
+            // Each placement is a new attempt: its tasks and tickets differ
+            // from the cancelled one's, so a late read of that attempt never
+            // takes an output of this one.
+            let attempt = refused.len() as u32;
             let launched = scheduler::launch_all(
                 &query.id,
+                attempt,
                 &graph,
                 &placement,
                 ctx.state().config(),
@@ -533,6 +538,7 @@ impl Engine {
                 query_id: query_id.to_string(),
                 stage_id: (run.stages.len() - 1) as u32,
                 task_index: location.task_index,
+                attempt: location.attempt,
             }),
             partition: output,
             grant: None,

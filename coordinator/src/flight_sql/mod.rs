@@ -226,6 +226,7 @@ fn direct_flight_info(
                     query_id: query.id.clone(),
                     stage_id: last_stage,
                     task_index: location.task_index,
+                    attempt: location.attempt,
                 }),
                 partition: *output,
                 grant: grant.clone(),
