@@ -207,11 +207,28 @@ pub fn is_transport_error(status: &tonic::Status) -> bool {
     ) && !status.message().starts_with("weft:")
 }
 
+/// A reader asked for data the access rules do not give them; a client sees
+/// `PermissionDenied` with this message.
+#[derive(Debug)]
+pub struct AccessDenied(pub String);
+
+impl std::fmt::Display for AccessDenied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AccessDenied {}
+
 /// Maps a DataFusion error to the gRPC status a client sees: user mistakes are
-/// `InvalidArgument`, the rest keeps the full message.
+/// `InvalidArgument`, access-rule denials `PermissionDenied`, the rest keeps
+/// the full message.
 pub fn datafusion_to_status(e: DataFusionError) -> tonic::Status {
     let message = e.to_string();
     match e.find_root() {
+        DataFusionError::External(inner) if inner.downcast_ref::<AccessDenied>().is_some() => {
+            tonic::Status::permission_denied(message)
+        }
         DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
             tonic::Status::invalid_argument(message)
         }

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod auth;
 pub mod engine;
 pub mod flight_sql;

@@ -62,6 +62,12 @@ struct Args {
         value_name = "USER"
     )]
     admin_users: Vec<String>,
+    /// Access rules (TOML: groups, and per catalog/schema/table rules with
+    /// column allow/deny/mask and row filters; first match wins, no match
+    /// denies); re-read when it changes. Without it every user reads every
+    /// configured table.
+    #[arg(long, env = "WEFT_ACCESS_RULES_FILE", value_name = "FILE")]
+    access_rules_file: Option<PathBuf>,
     /// Catalog file (TOML) describing the data sources.
     #[arg(long, env = "WEFT_CATALOGS")]
     catalogs: PathBuf,
@@ -151,6 +157,10 @@ async fn main() -> anyhow::Result<()> {
     let mut config = CoordinatorConfig::new(args.listen, catalogs);
     config.auth = auth;
     config.engine.cluster_secret = cluster_secret;
+    if let Some(path) = &args.access_rules_file {
+        config.engine.access_rules =
+            Some(weft_coordinator::access::open(path).map_err(anyhow::Error::msg)?);
+    }
     config.tls = args.tls.settings();
     if let Some(tls) = &config.tls {
         weft_common::tls::check_own_certificate(tls).map_err(anyhow::Error::msg)?;

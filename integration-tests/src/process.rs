@@ -15,6 +15,26 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// `weft passwd --file FILE USER`, the password on standard input; panics
+/// when it fails or echoes the password.
+pub fn weft_passwd(file: &Path, user: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(binary("weft").expect("weft"))
+        .args(["passwd", "--file"])
+        .arg(file)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run weft passwd");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write password");
+    let out = child.wait_with_output().expect("weft passwd");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weft passwd: {text}");
+    assert!(!text.contains(password), "{text}");
+}
+
 /// Path of a workspace binary built next to the running test.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

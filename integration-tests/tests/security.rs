@@ -28,7 +28,6 @@
 //! worker asked to listen on a non-loopback address without authentication
 //! exits at once, naming the flags (it never binds the address).
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ use futures::StreamExt;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use prost::Message;
 use tonic::transport::Channel;
-use weft_integration_tests::process::{binary, ProcessCluster, ProcessOptions};
+use weft_integration_tests::process::{binary, weft_passwd, ProcessCluster, ProcessOptions};
 use weft_integration_tests::{canonical_rows, connect, read_all, single_node_rows, tpch_dir};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -58,24 +57,6 @@ fn catalogs() -> String {
 async fn expected() -> Vec<String> {
     let ctx = weft_integration_tests::tpch_single_node(tpch_dir(0.01, 2)).await;
     single_node_rows(&ctx, SQL).await
-}
-
-/// `weft passwd --file FILE USER` with the password on standard input.
-fn passwd(file: &std::path::Path, user: &str, password: &str) {
-    let mut child = Command::new(binary("weft").expect("weft"))
-        .args(["passwd", "--file"])
-        .arg(file)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run weft passwd");
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "weft passwd: {text}");
-    assert!(!text.contains(password), "{text}");
 }
 
 fn jwt(sub: &str, exp_in: i64, secret: &str) -> String {
@@ -102,7 +83,7 @@ async fn secured_cluster(extra_env: &[(&str, &str)]) -> ProcessCluster {
         ("bob", "builder"),
         ("root", "toor"),
     ] {
-        passwd(&passwords, user, password);
+        weft_passwd(&passwords, user, password);
     }
     let jwt_key = files.join("jwt.key");
     std::fs::write(&jwt_key, JWT_SECRET).unwrap();

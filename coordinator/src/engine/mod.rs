@@ -57,6 +57,8 @@ pub struct EngineSettings {
     /// TLS towards `https://` workers (the cluster CA and this node's
     /// certificate: mutual TLS); `None` = workers must serve plain HTTP/2.
     pub worker_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// `--access-rules-file`: what each user may read; `None` = everything.
+    pub access_rules: Option<Arc<crate::access::WatchedRules>>,
 }
 
 impl Default for EngineSettings {
@@ -72,6 +74,7 @@ impl Default for EngineSettings {
             queue_timeout: std::time::Duration::from_secs(300),
             cluster_secret: None,
             worker_tls: None,
+            access_rules: None,
         }
     }
 }
@@ -163,7 +166,8 @@ impl Engine {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// A session for one query of `identity`, sized for the current cluster.
+    /// A session for one query of `identity`, sized for the current cluster,
+    /// seeing the catalogs as the access rules let `identity` see them.
     fn session_for(&self, slots: usize, identity: &Identity) -> SessionContext {
         let state = self.ctx.state();
         let mut config = state.config().clone();
@@ -172,8 +176,26 @@ impl Engine {
         config.options_mut().extensions.insert(identity.clone());
         let state = SessionStateBuilder::new_from_existing(state)
             .with_config(config)
+            .with_catalog_list(self.catalogs_for(identity))
             .build();
         SessionContext::new_with_state(state)
+    }
+
+    /// The catalogs `identity` may see: all of them without access rules,
+    /// else filtered, masked and row-filtered by the rules as they are now.
+    pub fn catalogs_for(
+        &self,
+        identity: &Identity,
+    ) -> Arc<dyn datafusion::catalog::CatalogProviderList> {
+        let all = self.ctx.state().catalog_list().clone();
+        match &self.settings.access_rules {
+            None => all,
+            Some(rules) => Arc::new(crate::access::SecuredCatalogList::new(
+                all,
+                rules.get(),
+                &identity.user,
+            )),
+        }
     }
 
     /// Plans `sql` into a physical plan with the cluster-sized session.

@@ -136,12 +136,13 @@ impl WeftFlightSql {
         Ok(Response::new(info))
     }
 
-    /// All `(catalog, schema, table)` names.
-    fn table_names(&self) -> Vec<(String, String, String)> {
+    /// All `(catalog, schema, table)` names in `catalogs`.
+    fn table_names(
+        catalogs: &dyn datafusion::catalog::CatalogProviderList,
+    ) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
-        let ctx = &self.engine.ctx;
-        for catalog in ctx.catalog_names() {
-            let Some(c) = ctx.catalog(&catalog) else {
+        for catalog in catalogs.catalog_names() {
+            let Some(c) = catalogs.catalog(&catalog) else {
                 continue;
             };
             for schema in c.schema_names() {
@@ -417,13 +418,13 @@ impl FlightSqlService for WeftFlightSql {
     async fn do_get_catalogs(
         &self,
         query: CommandGetCatalogs,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<
         Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
         Status,
     > {
         let mut builder = query.into_builder();
-        let mut names = self.engine.ctx.catalog_names();
+        let mut names = self.engine.catalogs_for(&caller(&request)).catalog_names();
         names.sort();
         for c in names {
             builder.append(c);
@@ -446,13 +447,13 @@ impl FlightSqlService for WeftFlightSql {
     async fn do_get_schemas(
         &self,
         query: CommandGetDbSchemas,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<
         Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
         Status,
     > {
         let mut builder = query.into_builder();
-        let ctx = &self.engine.ctx;
+        let ctx = self.engine.catalogs_for(&caller(&request));
         let mut names = ctx.catalog_names();
         names.sort();
         for c in names {
@@ -482,7 +483,7 @@ impl FlightSqlService for WeftFlightSql {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<
         Response<<Self as arrow_flight::flight_service_server::FlightService>::DoGetStream>,
         Status,
@@ -493,7 +494,8 @@ impl FlightSqlService for WeftFlightSql {
         let types = query.table_types.clone();
         let include_schema = query.include_schema;
         let mut builder = query.into_builder();
-        let names = self.table_names();
+        let catalogs = self.engine.catalogs_for(&caller(&request));
+        let names = Self::table_names(catalogs.as_ref());
         let schemas: Vec<&str> = names.iter().map(|(_, s, _)| s.as_str()).collect();
         let tables: Vec<&str> = names.iter().map(|(_, _, t)| t.as_str()).collect();
         let schema_ok = like_mask(
@@ -515,9 +517,7 @@ impl FlightSqlService for WeftFlightSql {
             .map(|(n, _)| n.clone())
             .collect();
         for (catalog, schema, table) in wanted {
-            let provider = self
-                .engine
-                .ctx
+            let provider = catalogs
                 .catalog(&catalog)
                 .and_then(|c| c.schema(&schema))
                 .map(|s| async move { s.table(&table).await.ok().flatten().map(|t| (table, t)) });

@@ -120,6 +120,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (include "weft.clientAuth" .) .Values.security.insecure -}}
 {{- fail "security.insecure=true is set together with client authentication (security.auth): drop security.insecure" -}}
 {{- end -}}
+{{- if and .Values.security.accessRules.rules .Values.security.accessRules.existingConfigMap -}}
+{{- fail "security.accessRules.rules and security.accessRules.existingConfigMap are both set: give the rules inline or name your ConfigMap, not both" -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -409,6 +412,19 @@ numbers as integers. Tables: dict "path" "a.b" "table" map.
 {{- if .Values.security.insecure }}
 - --insecure
 {{- end }}
+{{- if include "weft.accessRulesConfigMap" . }}
+- --access-rules-file=/etc/weft/access/{{ .Values.security.accessRules.key }}
+{{- end }}
+{{- end -}}
+
+{{/* The ConfigMap holding the access rules file: the operator's, the chart's, or none. */}}
+{{- define "weft.accessRulesConfigMap" -}}
+{{- $rules := .Values.security.accessRules -}}
+{{- if $rules.existingConfigMap -}}
+{{- $rules.existingConfigMap -}}
+{{- else if $rules.rules -}}
+{{- include "weft.componentName" (dict "ctx" . "component" "access-rules") -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Volumes (directories, so a changed Secret reaches the running pod) for the auth files. */}}
@@ -422,6 +438,11 @@ numbers as integers. Tables: dict "path" "a.b" "table" map.
 {{- if $auth.jwt.existingSecret }}
 - name: jwt
   mountPath: /etc/weft/auth/jwt
+  readOnly: true
+{{- end }}
+{{- if include "weft.accessRulesConfigMap" . }}
+- name: access-rules
+  mountPath: /etc/weft/access
   readOnly: true
 {{- end }}
 {{- end -}}
@@ -439,5 +460,10 @@ numbers as integers. Tables: dict "path" "a.b" "table" map.
   secret:
     secretName: {{ $auth.jwt.existingSecret }}
     defaultMode: 0440
+{{- end }}
+{{- with include "weft.accessRulesConfigMap" . }}
+- name: access-rules
+  configMap:
+    name: {{ . }}
 {{- end }}
 {{- end -}}
