@@ -30,7 +30,9 @@ use arrow_flight::sql::{CommandGetTables, CommandStatementQuery, ProstMessageExt
 use arrow_flight::FlightDescriptor;
 use prost::Message;
 use tonic::transport::Channel;
-use weft_integration_tests::pg::{batch_rows, connect as pg_connect, create_database, pg_rows, same_rows};
+use weft_integration_tests::pg::{
+    batch_rows, connect as pg_connect, create_database, pg_rows, same_rows,
+};
 use weft_integration_tests::process::{weft_passwd, ProcessCluster, ProcessOptions};
 use weft_integration_tests::{connect, format_rows, read_all, run_sql, single_node_rows, tpch_dir};
 
@@ -118,7 +120,11 @@ async fn explain(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> (St
         .find(|r| r[0] == "distributed_plan")
         .map(|r| r[1].clone())
         .expect("a distributed_plan row");
-    let text = all.iter().map(|r| r.join("\n")).collect::<Vec<_>>().join("\n");
+    let text = all
+        .iter()
+        .map(|r| r.join("\n"))
+        .collect::<Vec<_>>()
+        .join("\n");
     (distributed, text)
 }
 
@@ -143,9 +149,7 @@ async fn status_of(cluster: &ProcessCluster, token: &str, sql: &str) -> tonic::S
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    raw.get_flight_info(request)
-        .await
-        .expect_err("refused")
+    raw.get_flight_info(request).await.expect_err("refused")
 }
 
 /// Table names of Flight SQL `GetTables` (all catalogs).
@@ -170,7 +174,9 @@ async fn rules_hide_mask_and_filter_everywhere() {
 
 async fn run() {
     // PostgreSQL: accounts with a secret column, payments to join.
-    let url = create_database("weft_access").await.expect("create database");
+    let url = create_database("weft_access")
+        .await
+        .expect("create database");
     let db = pg_connect(&url).await.expect("connect");
     db.batch_execute(
         "CREATE TABLE accounts (id integer PRIMARY KEY, owner text, region text, ssn text, email text);
@@ -184,7 +190,10 @@ async fn run() {
     .await
     .expect("create tables");
 
-    let files = tempfile::Builder::new().prefix("weft-access-").tempdir().unwrap();
+    let files = tempfile::Builder::new()
+        .prefix("weft-access-")
+        .tempdir()
+        .unwrap();
     let passwords = files.path().join("passwords");
     for user in ["alice", "bob", "carol", "root"] {
         weft_passwd(&passwords, user, &format!("{user}-password"));
@@ -253,13 +262,23 @@ async fn run() {
         let e = refused(&mut alice, sql).await;
         assert!(e.contains("ssn"), "{sql}: {e}");
     }
-    let e = refused(&mut alice, "CREATE VIEW v AS SELECT * FROM pg.public.accounts").await;
-    assert!(e.to_lowercase().contains("read-only") || e.contains("not allowed"), "{e}");
+    let e = refused(
+        &mut alice,
+        "CREATE VIEW v AS SELECT * FROM pg.public.accounts",
+    )
+    .await;
+    assert!(
+        e.to_lowercase().contains("read-only") || e.contains("not allowed"),
+        "{e}"
+    );
     let join = "SELECT a.region, count(*) AS n, sum(p.amount) AS total \
                 FROM pg.public.accounts a JOIN pg.public.payments p ON p.account_id = a.id \
                 GROUP BY a.region";
     let (plan, _) = explain(&mut alice, join).await;
-    let scans: Vec<&str> = plan.lines().filter(|l| l.contains("RemoteScanExec")).collect();
+    let scans: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.contains("RemoteScanExec"))
+        .collect();
     assert_eq!(scans.len(), 1, "the database runs the join whole:\n{plan}");
     assert!(scans[0].contains("JOIN"), "{plan}");
     assert!(
@@ -278,7 +297,10 @@ async fn run() {
     // carol is in the same group: the filter names her.
     let mut carol = sign_in(&cluster, "carol").await;
     let (plan, _) = explain(&mut carol, join).await;
-    assert!(plan.contains("'carol'") && !plan.contains("'alice'"), "{plan}");
+    assert!(
+        plan.contains("'carol'") && !plan.contains("'alice'"),
+        "{plan}"
+    );
 
     // 3. lineitem's row filter on every worker.
     let sql = "SELECT l_linestatus, count(*) AS n, sum(l_quantity) AS q FROM lineitem GROUP BY 1 ORDER BY 1";
@@ -294,14 +316,20 @@ async fn run() {
     let got = weft_integration_tests::canonical_rows(&run_sql(&mut alice, sql).await.unwrap());
     assert_eq!(got, want, "alice's lineitem is the filtered one");
     let (plan, text) = explain(&mut alice, sql).await;
-    assert!(text.contains("l_returnflag = Utf8(\"R\")"), "logical plan:\n{text}");
+    assert!(
+        text.contains("l_returnflag = Utf8(\"R\")"),
+        "logical plan:\n{text}"
+    );
     let scans: Vec<&str> = plan
         .lines()
         .filter(|l| l.contains("DataSourceExec") && l.contains("lineitem"))
         .collect();
     assert!(!scans.is_empty(), "{plan}");
     for scan in &scans {
-        assert!(scan.contains("l_returnflag@"), "every task's scan filters:\n{plan}");
+        assert!(
+            scan.contains("l_returnflag@"),
+            "every task's scan filters:\n{plan}"
+        );
     }
     let scan_stage = plan
         .split("\nStage ")
@@ -318,12 +346,16 @@ async fn run() {
     for (sql, table) in [
         ("SELECT count(*) FROM lineitem", "tpch.public.lineitem"),
         ("SELECT * FROM pg.public.accounts", "pg.public.accounts"),
-        ("SELECT * FROM tpch.public.nosuchtable", "tpch.public.nosuchtable"),
+        (
+            "SELECT * FROM tpch.public.nosuchtable",
+            "tpch.public.nosuchtable",
+        ),
     ] {
         let e = refused(&mut bob, sql).await;
         assert!(
-            e.contains(&format!("access denied: user \"bob\" may not read table {table}"))
-                && e.contains("rules.toml"),
+            e.contains(&format!(
+                "access denied: user \"bob\" may not read table {table}"
+            )) && e.contains("rules.toml"),
             "{sql}: {e}"
         );
     }
@@ -331,7 +363,10 @@ async fn run() {
     let status = status_of(&cluster, &token, "SELECT count(*) FROM orders").await;
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     let listed = listed_tables(&mut bob).await;
-    assert!(listed.iter().all(|t| t.starts_with("system.")), "{listed:?}");
+    assert!(
+        listed.iter().all(|t| t.starts_with("system.")),
+        "{listed:?}"
+    );
     let listed = rows(
         &mut bob,
         "SELECT table_catalog, table_name FROM information_schema.tables WHERE table_catalog <> 'system'",
@@ -339,10 +374,17 @@ async fn run() {
     .await;
     assert!(listed.is_empty(), "{listed:?}");
     let alice_sees = listed_tables(&mut alice).await;
-    for t in ["pg.public.accounts", "pg.public.payments", "tpch.public.lineitem"] {
+    for t in [
+        "pg.public.accounts",
+        "pg.public.payments",
+        "tpch.public.lineitem",
+    ] {
         assert!(alice_sees.iter().any(|s| s == t), "{t} in {alice_sees:?}");
     }
-    assert!(!alice_sees.iter().any(|s| s == "tpch.public.orders"), "{alice_sees:?}");
+    assert!(
+        !alice_sees.iter().any(|s| s == "tpch.public.orders"),
+        "{alice_sees:?}"
+    );
     let mut root = cluster.client().await.expect("root");
     let e = refused(&mut root, "SELECT count(*) FROM orders").await;
     assert!(e.contains("user \"root\" may not read"), "{e}");
@@ -360,7 +402,10 @@ async fn run() {
             Err(e) => panic!("the new rule never applied: {e}"),
         }
     };
-    assert_eq!(n, single_node_rows_as_cells(&ctx, "SELECT count(*) FROM orders").await);
+    assert_eq!(
+        n,
+        single_node_rows_as_cells(&ctx, "SELECT count(*) FROM orders").await
+    );
     let e = refused(&mut bob, "SELECT count(*) FROM lineitem").await;
     assert!(e.contains("access denied"), "{e}");
     // A file that does not parse keeps the rules in force, and the log says why.

@@ -108,7 +108,6 @@ impl SecuredCatalogList {
 }
 
 impl CatalogProviderList for SecuredCatalogList {
-
     fn register_catalog(
         &self,
         name: String,
@@ -121,7 +120,10 @@ impl CatalogProviderList for SecuredCatalogList {
         self.inner
             .catalog_names()
             .into_iter()
-            .filter(|c| self.catalog(c).is_some_and(|c| !c.schema_names().is_empty()))
+            .filter(|c| {
+                self.catalog(c)
+                    .is_some_and(|c| !c.schema_names().is_empty())
+            })
             .collect()
     }
 
@@ -143,7 +145,6 @@ struct SecuredCatalog {
 }
 
 impl CatalogProvider for SecuredCatalog {
-
     /// Schemas with at least one table the reader may read.
     fn schema_names(&self) -> Vec<String> {
         self.inner
@@ -177,7 +178,6 @@ struct SecuredSchema {
 
 #[async_trait]
 impl SchemaProvider for SecuredSchema {
-
     fn table_names(&self) -> Vec<String> {
         self.inner
             .table_names()
@@ -292,7 +292,6 @@ pub struct SecuredTable {
 
 #[async_trait]
 impl TableProvider for SecuredTable {
-
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
@@ -324,7 +323,8 @@ impl TableProvider for SecuredTable {
                         Arc::new(datafusion::physical_expr::expressions::Column::new(
                             field.name(),
                             i,
-                        )) as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+                        ))
+                            as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
                         field.name().clone(),
                     )
                 }),
@@ -352,7 +352,6 @@ impl CurrentUser {
 }
 
 impl ScalarUDFImpl for CurrentUser {
-
     fn name(&self) -> &str {
         CURRENT_USER
     }
@@ -361,7 +360,10 @@ impl ScalarUDFImpl for CurrentUser {
         &self.signature
     }
 
-    fn return_type(&self, _args: &[arrow::datatypes::DataType]) -> Result<arrow::datatypes::DataType> {
+    fn return_type(
+        &self,
+        _args: &[arrow::datatypes::DataType],
+    ) -> Result<arrow::datatypes::DataType> {
         Ok(arrow::datatypes::DataType::Utf8)
     }
 

@@ -193,7 +193,9 @@ impl AccessRules {
         for (i, rule) in file.tables.into_iter().enumerate() {
             let number = i + 1;
             let at = |what: &str, e: String| {
-                format!("access rules file {source}, rule {number} ([[tables]] #{number}), {what}: {e}")
+                format!(
+                    "access rules file {source}, rule {number} ([[tables]] #{number}), {what}: {e}"
+                )
             };
             let pattern = |field: &str, value: &Option<String>| -> Result<Option<Regex>, String> {
                 value
@@ -272,10 +274,9 @@ impl AccessRules {
         });
         match found {
             None => TableAccess::Denied(format!("no rule of {} allows it", self.source)),
-            Some(rule) if !rule.allow => TableAccess::Denied(format!(
-                "rule {} of {} denies it",
-                rule.number, self.source
-            )),
+            Some(rule) if !rule.allow => {
+                TableAccess::Denied(format!("rule {} of {} denies it", rule.number, self.source))
+            }
             Some(rule) => TableAccess::Allowed(TableGrant {
                 rule: rule.number,
                 columns: rule

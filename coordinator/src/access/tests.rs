@@ -98,8 +98,14 @@ fn column_rules_first_match_and_unlisted_columns_follow_the_table() {
 fn invalid_files_are_refused_naming_the_rule() {
     let cases = [
         ("[[tables]]\ncatalog = \"(\"\nallow = true\n", "rule 1"),
-        ("[[tables]]\nallow = false\nrow_filter = \"a = 1\"\n", "cannot have"),
-        ("[[tables]]\nallow = true\nrow_filter = \"a = = 1\"\n", "not an SQL expression"),
+        (
+            "[[tables]]\nallow = false\nrow_filter = \"a = 1\"\n",
+            "cannot have",
+        ),
+        (
+            "[[tables]]\nallow = true\nrow_filter = \"a = = 1\"\n",
+            "not an SQL expression",
+        ),
         (
             "[[tables]]\nallow = true\ncolumns = [{ name = \"a\", allow = false, mask = \"1\" }]\n",
             "contradict",
@@ -109,7 +115,10 @@ fn invalid_files_are_refused_naming_the_rule() {
     ];
     for (text, expected) in cases {
         let err = AccessRules::parse(text, "f.toml").expect_err(text);
-        assert!(err.contains("f.toml") && err.contains(expected), "{text}: {err}");
+        assert!(
+            err.contains("f.toml") && err.contains(expected),
+            "{text}: {err}"
+        );
     }
 }
 
@@ -155,13 +164,10 @@ fn session(user: &str) -> SessionContext {
         vec![vec![]],
     )
     .expect("orders");
-    ctx.register_table("orders", Arc::new(orders)).expect("orders");
+    ctx.register_table("orders", Arc::new(orders))
+        .expect("orders");
     let state = ctx.state();
-    let secured = SecuredCatalogList::new(
-        state.catalog_list().clone(),
-        Arc::new(rules()),
-        user,
-    );
+    let secured = SecuredCatalogList::new(state.catalog_list().clone(), Arc::new(rules()), user);
     SessionContext::new_with_state(
         SessionStateBuilder::new_from_existing(state)
             .with_catalog_list(Arc::new(secured))
@@ -191,7 +197,9 @@ async fn hidden_columns_masks_and_row_filters_hold_through_every_shape_of_query(
     let bob = session("bob");
     // SELECT *: no ssn, masked email, only EU rows or bob's own.
     assert_eq!(
-        rows(&bob, "SELECT * FROM customers ORDER BY id").await.unwrap(),
+        rows(&bob, "SELECT * FROM customers ORDER BY id")
+            .await
+            .unwrap(),
         vec![
             "1,Ann,an***,EU,zed",
             "2,Ben,be***,US,bob",
@@ -215,9 +223,12 @@ async fn hidden_columns_masks_and_row_filters_hold_through_every_shape_of_query(
         vec!["3"]
     );
     assert_eq!(
-        rows(&bob, "SELECT count(*) FROM customers WHERE email = 'ann@x.org'")
-            .await
-            .unwrap(),
+        rows(
+            &bob,
+            "SELECT count(*) FROM customers WHERE email = 'ann@x.org'"
+        )
+        .await
+        .unwrap(),
         vec!["0"]
     );
     // The information schema lists what bob sees.
@@ -235,7 +246,10 @@ async fn hidden_columns_masks_and_row_filters_hold_through_every_shape_of_query(
         .await
         .unwrap()
         .join("\n");
-    assert!(plan.contains("region = Utf8(\"EU\")") && plan.contains("Utf8(\"bob\")"), "{plan}");
+    assert!(
+        plan.contains("region = Utf8(\"EU\")") && plan.contains("Utf8(\"bob\")"),
+        "{plan}"
+    );
 }
 
 #[tokio::test]
