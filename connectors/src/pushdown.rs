@@ -36,7 +36,7 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::expr::AggregateFunctionParams;
 use datafusion::logical_expr::{
     Expr, ExprSchemable, JoinType, Limit, LogicalPlan, LogicalPlanBuilder, Operator, Projection,
-    Sort, TableProviderFilterPushDown,
+    Sort, SubqueryAlias, TableProviderFilterPushDown,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
@@ -514,6 +514,7 @@ fn remote_query(plan: &LogicalPlan, info: &QueryTableInfo) -> Result<Option<Logi
     let Some(named_plan) = name_columns(plan)? else {
         return Ok(None);
     };
+    let named_plan = collapse_aliases(named_plan)?;
     let tables = table_names(plan);
     let dialect = info.dialect.unparser_dialect();
     let mut statement = Unparser::new(dialect.as_ref()).plan_to_sql(&named_plan)?;
@@ -638,6 +639,26 @@ fn name_columns(plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
             LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(other.clone()))?)
         }
     }))
+}
+
+/// `plan` with every `SubqueryAlias(a, SubqueryAlias(b, x))` written as
+/// `SubqueryAlias(a, x)`. A table whose plan is inlined where the SQL names
+/// it (a table under access rules) arrives as such a pair; the unparser
+/// keeps only the inner alias, while the SQL around it names the outer one
+/// (`missing FROM-clause entry for table "a"`).
+fn collapse_aliases(plan: LogicalPlan) -> Result<LogicalPlan> {
+    plan.transform_up(|node| {
+        Ok(match node {
+            LogicalPlan::SubqueryAlias(outer) => match outer.input.as_ref() {
+                LogicalPlan::SubqueryAlias(inner) => Transformed::yes(LogicalPlan::SubqueryAlias(
+                    SubqueryAlias::try_new(Arc::clone(&inner.input), outer.alias.clone())?,
+                )),
+                _ => Transformed::no(LogicalPlan::SubqueryAlias(outer)),
+            },
+            other => Transformed::no(other),
+        })
+    })
+    .map(|t| t.data)
 }
 
 /// Aliases the top SELECT's `n` items `c0..cN` (and the ORDER BY references
@@ -956,6 +977,7 @@ impl TableProvider for RemoteQueryTable {
                 catalog = self.info.source.catalog(),
                 "generated query refused, the sub-plan runs in Weft instead: {e}"
             );
+            tracing::debug!(catalog = self.info.source.catalog(), "refused query: {query}");
             return self.plan_fallback(state, &indices, filters, limit).await;
         }
         let spec = RemoteScanSpec {
