@@ -977,7 +977,10 @@ impl TableProvider for RemoteQueryTable {
                 catalog = self.info.source.catalog(),
                 "generated query refused, the sub-plan runs in Weft instead: {e}"
             );
-            tracing::debug!(catalog = self.info.source.catalog(), "refused query: {query}");
+            tracing::debug!(
+                catalog = self.info.source.catalog(),
+                "refused query: {query}"
+            );
             return self.plan_fallback(state, &indices, filters, limit).await;
         }
         let spec = RemoteScanSpec {

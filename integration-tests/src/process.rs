@@ -256,9 +256,28 @@ impl ProcessCluster {
             .args(args);
         let node = spawn_node(cmd, &self.options.env, name, log, flight, http)?;
         self.workers.push(node);
-        let node = &self.workers[i];
-        self.wait_ready(node).await?;
-        Ok(i)
+        // A worker that exits (refused to start or to join) fails at once,
+        // not after the readiness deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.workers[i].child.try_wait()? {
+                anyhow::bail!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    self.workers[i].name,
+                    self.workers[i].log_tail()
+                );
+            }
+            let ready = self.wait_ready(&self.workers[i]);
+            match tokio::time::timeout(Duration::from_millis(500), ready).await {
+                Ok(result) => return result.map(|()| i),
+                Err(_) if tokio::time::Instant::now() < deadline => {}
+                Err(_) => anyhow::bail!(
+                    "{} did not become ready:\n{}",
+                    self.workers[i].name,
+                    self.workers[i].log_tail()
+                ),
+            }
+        }
     }
 
     /// A Flight SQL client of the coordinator, signed in as

@@ -19,6 +19,8 @@
 //! 6. A client that reaches a worker directly (launch, cancel, DoGet) is
 //!    refused `Unauthenticated`, without a node token and with one signed by
 //!    another secret; the worker's log says why.
+//! 7. A worker started with another cluster secret fails to join (the
+//!    members refuse its calls when it asks them first) and says why.
 //!
 //! `direct_results_tickets_are_signed_and_scoped`: with `--direct-results`
 //! a client reads from the workers with the tickets it was given; a ticket
@@ -40,7 +42,9 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use prost::Message;
 use tonic::transport::Channel;
 use weft_integration_tests::process::{binary, weft_passwd, ProcessCluster, ProcessOptions};
-use weft_integration_tests::{canonical_rows, connect, read_all, single_node_rows, tpch_dir};
+use weft_integration_tests::{
+    canonical_rows, connect, read_all, run_sql, single_node_rows, tpch_dir,
+};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 const SQL: &str =
@@ -237,6 +241,18 @@ async fn every_rpc_refused(cluster: &ProcessCluster, token: Option<&str>, why: &
     ];
     let put = futures::stream::iter(vec![arrow_flight::FlightData::default()]);
     results.push(("DoPut", c.do_put(with_token(put, token)).await.map(|_| ())));
+    let exchange = futures::stream::iter(vec![arrow_flight::FlightData::default()]);
+    results.push((
+        "DoExchange",
+        c.do_exchange(with_token(exchange, token)).await.map(|_| ()),
+    ));
+    // A handshake with a bearer token (or nothing) signs in only with a
+    // valid one.
+    let hello = futures::stream::iter(vec![arrow_flight::HandshakeRequest::default()]);
+    results.push((
+        "Handshake",
+        c.handshake(with_token(hello, token)).await.map(|_| ()),
+    ));
     for (rpc, result) in results {
         let status = result.expect_err(rpc);
         assert_eq!(
@@ -252,7 +268,7 @@ async fn every_rpc_refused(cluster: &ProcessCluster, token: Option<&str>, why: &
 async fn clients_are_checked_and_kept_apart() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         // 1.
-        let cluster = secured_cluster(&[]).await;
+        let mut cluster = secured_cluster(&[]).await;
         let expected = expected().await;
         // 2.
         every_rpc_refused(&cluster, None, "no credentials").await;
@@ -448,6 +464,35 @@ async fn clients_are_checked_and_kept_apart() {
         assert!(
             log.contains("not signed with this cluster's secret"),
             "{log}"
+        );
+        // 7. A worker with another cluster secret asks the members before it
+        // joins: they refuse its calls, so it exits and never registers.
+        let wrong = cluster.dir.path().join("other.secret");
+        std::fs::write(&wrong, "7a".repeat(32)).unwrap();
+        let refused = cluster
+            .add_worker_with(&["--cluster-secret-file".into(), wrong.display().to_string()])
+            .await
+            .expect_err("a worker with another cluster secret joined");
+        let mut stranger = cluster.workers.pop().expect("the stranger's process");
+        let status = stranger
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("the stranger exits");
+        assert!(!status.success(), "{refused:#}");
+        let log = std::fs::read_to_string(&stranger.log).unwrap();
+        assert!(
+            log.contains("node credentials are refused by the cluster, so it does not join")
+                && log.contains("not signed with this cluster's secret")
+                && log.contains("--cluster-secret-file"),
+            "{log}"
+        );
+        assert_eq!(
+            canonical_rows(
+                &run_sql(&mut root, "SELECT count(*) FROM system.runtime.workers")
+                    .await
+                    .unwrap()
+            ),
+            ["2"]
         );
         for secret in [
             "wonderland",

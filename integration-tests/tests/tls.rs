@@ -10,8 +10,8 @@
 //!    worker's log says why.
 //! 5. A worker whose certificate is of another CA than its --tls-ca-file
 //!    refuses to start, naming both files; a worker entirely of another CA
-//!    starts, but the cluster's nodes refuse its certificate (its log and
-//!    the failed query say why).
+//!    fails to join: the members refuse its certificate when it asks them
+//!    before registering, it exits, and its log says why.
 //! 6. A new certificate written over the coordinator's files is served to
 //!    the next connection (openssl s_client sees its serial), no restart.
 
@@ -176,30 +176,40 @@ async fn tls_everywhere() {
             text.contains("not accepted by the CA") && text.contains(&ca.display().to_string()),
             "{text}"
         );
-        // A worker entirely of another CA joins etcd, but no node trusts it.
-        let stranger = cluster
+        // A worker entirely of another CA asks the members before it joins:
+        // they refuse its certificate, so it exits and never registers.
+        let refused = cluster
             .add_worker_with(&tls_args(&other, "node", &other.join("ca.crt")))
             .await
-            .expect("start");
-        // Once the coordinator places a task on it, the query fails.
-        let mut failed = None;
-        for _ in 0..100 {
-            if let Err(e) = run_sql(&mut client, SQL).await {
-                failed = Some(e);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let message = format!("{:#}", failed.expect("no query failed over the stranger"));
-        println!("the query over the stranger failed with: {message}");
+            .expect_err("a worker of another CA joined the cluster");
+        let mut stranger = cluster.workers.pop().expect("the stranger's process");
+        let status = stranger
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("the stranger exits");
+        assert!(!status.success(), "{refused:#}");
+        let log = std::fs::read_to_string(&stranger.log).unwrap();
+        println!("the stranger's log:\n{log}");
         assert!(
-            message.contains("cannot launch task")
-                && message.contains("invalid peer certificate: UnknownIssuer"),
-            "{message}"
+            log.contains("node credentials are refused by the cluster, so it does not join")
+                && log.contains("TLS handshake failed")
+                && log.contains("UnknownIssuer")
+                && log.contains("--tls-ca-file"),
+            "{log}"
         );
-        let log = std::fs::read_to_string(&cluster.workers[stranger].log).unwrap();
-        assert!(log.contains("TLS handshake failed"), "{log}");
-        cluster.workers.pop();
+        // The cluster goes on with its two workers.
+        assert_eq!(
+            canonical_rows(
+                &run_sql(&mut client, "SELECT count(*) FROM system.runtime.workers")
+                    .await
+                    .unwrap()
+            ),
+            ["2"]
+        );
+        assert_eq!(
+            canonical_rows(&run_sql(&mut client, SQL).await.unwrap()),
+            expected
+        );
 
         // 6. Rotate the coordinator's certificate in place.
         let before = served_serial(cluster.coordinator.flight, &ca);

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod peers;
 pub mod service;
 pub mod tasks;
 
@@ -167,11 +168,28 @@ impl Worker {
         for e in errors {
             tracing::error!("{e}; the other catalogs stay available");
         }
-        let codec = WeftCodec::new(Arc::new(
+        let clients = Arc::new(
             ClientPool::with_cluster_secret(config.cluster_secret.clone())
                 .with_tls(tls.as_ref().map(|(_, client)| client.clone())),
-        ))
-        .with_extension(connectors.codec());
+        );
+        let codec = WeftCodec::new(Arc::clone(&clients)).with_extension(connectors.codec());
+        // With node credentials, prove they work with the cluster first, before
+        // serving or registering anything.
+        if tls.is_some() || config.cluster_secret.is_some() {
+            let members = registry.current().await?;
+            peers::check_credentials(
+                &clients,
+                &info.address,
+                &members,
+                tls.is_some(),
+                config.cluster_secret.is_some(),
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!("{e}");
+                anyhow::Error::msg(e)
+            })?;
+        }
         let runtime = runtime(config.memory_limit)?;
         // Files catalogs on object stores: plans name the URL, this process
         // supplies the store and its credentials.

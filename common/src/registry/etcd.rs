@@ -591,6 +591,14 @@ impl Registry for EtcdRegistry {
         self.members.subscribe()
     }
 
+    async fn current(&self) -> Result<Members, RegistryError> {
+        let mut client = self.client.clone();
+        let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+        load_snapshot(&mut client, &self.settings, &tx).await?;
+        let members = Arc::clone(&rx.borrow());
+        Ok(members)
+    }
+
     async fn health(&self) -> Result<(), String> {
         let mut client = self.client.clone();
         match tokio::time::timeout(Duration::from_secs(2), client.status()).await {

@@ -91,6 +91,12 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// Latest membership; changes are pushed to the receiver.
     fn members(&self) -> watch::Receiver<Members>;
 
+    /// The membership as the backend holds it now, read once (a registry
+    /// that does not follow the membership, as a worker's, reads it here).
+    async fn current(&self) -> Result<Members, RegistryError> {
+        Ok(Arc::clone(&self.members().borrow()))
+    }
+
     /// `Err(reason)` when the registry's backend does not answer now.
     async fn health(&self) -> Result<(), String> {
         Ok(())
