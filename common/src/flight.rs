@@ -27,6 +27,10 @@ pub mod actions {
     pub const RELEASE_QUERY: &str = "weft.release_query";
     /// Body: `QueryRef`; result: `QueryStatus`.
     pub const QUERY_STATUS: &str = "weft.query_status";
+    /// Body: `QueryList`, the coordinator's queries with tasks on this
+    /// worker; renews their task leases; result: `QueryList` of the ids the
+    /// worker holds no lease of.
+    pub const RENEW_LEASES: &str = "weft.renew_leases";
 }
 
 /// gRPC metadata a worker sets on a refused launch: `draining` means it is

@@ -100,6 +100,8 @@ pub struct CoordinatorHandle {
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     watcher: JoinHandle<()>,
+    /// Renews the task leases of this coordinator's queries.
+    leases: JoinHandle<()>,
     http: Option<HttpServer>,
     _gauges: Arc<dyn GaugeSource>,
 }
@@ -208,6 +210,7 @@ impl Coordinator {
             )),
         };
         let watcher = tokio::spawn(watch_membership(Arc::clone(&engine), members));
+        let leases = tokio::spawn(renew_task_leases(Arc::downgrade(&engine)));
         tracing::info!(%addr, "coordinator serving Flight SQL");
         // Metrics are recorded only where they are served: without an HTTP
         // endpoint no recorder is installed and recording costs nothing.
@@ -237,6 +240,7 @@ impl Coordinator {
             stop: Some(stop_tx),
             server: Some(server),
             watcher,
+            leases,
             http,
             _gauges: gauges,
         })
@@ -327,6 +331,27 @@ async fn watch_membership(engine: Arc<Engine>, mut members: watch::Receiver<Memb
     }
 }
 
+/// Renews the task leases of the running queries on their workers, four
+/// times per lease, so one lost renewal never expires a lease.
+async fn renew_task_leases(engine: std::sync::Weak<Engine>) {
+    let Some(lease) = engine
+        .upgrade()
+        .map(|e| e.settings.task_lease)
+        .filter(|l| !l.is_zero())
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(lease / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        engine.renew_task_leases(lease / 4).await;
+    }
+}
+
 impl CoordinatorHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -395,6 +420,7 @@ impl CoordinatorHandle {
 impl Drop for CoordinatorHandle {
     fn drop(&mut self) {
         self.watcher.abort();
+        self.leases.abort();
         if let Some(server) = self.server.take() {
             server.abort();
         }

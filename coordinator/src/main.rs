@@ -111,6 +111,12 @@ struct Args {
     /// (it refuses new ones and reports not-ready meanwhile) before it exits.
     #[arg(long, env = "WEFT_DRAIN_TIMEOUT", default_value_t = weft_coordinator::DEFAULT_DRAIN_TIMEOUT.as_secs())]
     drain_timeout: u64,
+    /// Seconds a worker keeps a query's tasks without hearing from this
+    /// coordinator: it renews the lease of its running queries four times
+    /// per lease, and workers cancel and free the tasks of a query whose
+    /// lease ran out (this coordinator died or was cut off). 0 = no lease.
+    #[arg(long, env = "WEFT_TASK_LEASE", default_value_t = weft_coordinator::engine::DEFAULT_TASK_LEASE.as_secs())]
+    task_lease: u64,
 }
 
 #[tokio::main]
@@ -183,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         (args.max_running_queries > 0).then_some(args.max_running_queries);
     config.engine.max_queued_queries = args.max_queued_queries;
     config.engine.queue_timeout = Duration::from_secs(args.queue_timeout);
+    config.engine.task_lease = Duration::from_secs(args.task_lease);
     config.engine.compression = match args.exchange_compression.as_str() {
         "none" => String::new(),
         other => other.to_string(),

@@ -287,6 +287,7 @@ impl Query {
                 actions::QUERY_STATUS,
                 QueryRef {
                     query_id: self.id.clone(),
+                    keep_from_attempt: 0,
                 },
             )
         });

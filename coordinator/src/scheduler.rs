@@ -92,6 +92,15 @@ pub fn place(
         .collect())
 }
 
+/// What every task of a query is launched with.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOptions {
+    /// IPC compression between nodes: "", "lz4" or "zstd".
+    pub compression: String,
+    /// Task lease the coordinator renews (`--task-lease`); zero: none.
+    pub lease: std::time::Duration,
+}
+
 /// Launches every task of every stage concurrently. On error the caller
 /// cancels the query on all workers.
 pub async fn launch_all(
@@ -102,7 +111,7 @@ pub async fn launch_all(
     config: &SessionConfig,
     codec: &WeftCodec,
     clients: &ClientPool,
-    compression: &str,
+    task_options: &TaskOptions,
 ) -> Result<Vec<Vec<TaskLocation>>, ScheduleError> {
     let locations: Vec<Vec<TaskLocation>> = placement
         .iter()
@@ -154,7 +163,8 @@ pub async fn launch_all(
                     OutputMode::Exclusive
                 } as i32,
                 session_options: options.clone().into_iter().collect(),
-                compression: compression.to_string(),
+                compression: task_options.compression.clone(),
+                lease_ms: task_options.lease.as_millis() as u64,
             };
             let expected = stage.task_outputs(t);
             launches.push(async move {
@@ -213,6 +223,8 @@ pub async fn launch_all(
 /// Tells every worker to stop (`cancel`) or forget (`release`) a query's
 /// tasks, and keeps the final task statuses they return in `query`.
 /// Best effort: a worker that cannot be reached has lost the tasks anyway.
+/// A cancel fences every attempt of the query on the workers: a launch or
+/// read of it that arrives later is refused.
 pub async fn notify_workers(
     clients: &ClientPool,
     workers: &[(String, String)],
@@ -224,10 +236,32 @@ pub async fn notify_workers(
     } else {
         actions::RELEASE_QUERY
     };
+    tell_workers(clients, workers, query, action, 0).await;
+}
+
+/// Cancels (and fences) the attempts of `query` before `keep_from` on
+/// `workers`; its later attempts may run there.
+pub async fn cancel_attempts_before(
+    clients: &ClientPool,
+    workers: &[(String, String)],
+    query: &Query,
+    keep_from: u32,
+) {
+    tell_workers(clients, workers, query, actions::CANCEL_QUERY, keep_from).await;
+}
+
+async fn tell_workers(
+    clients: &ClientPool,
+    workers: &[(String, String)],
+    query: &Query,
+    action: &'static str,
+    keep_from_attempt: u32,
+) {
     let query_id = query.id.as_str();
     let calls = workers.iter().map(|(id, address)| async move {
         let body = QueryRef {
             query_id: query_id.to_string(),
+            keep_from_attempt,
         };
         match clients.action(address, action, body).await {
             Ok(reply) => match CancelResult::decode(reply) {

@@ -418,6 +418,7 @@ async fn clients_are_checked_and_kept_apart() {
                     weft_common::flight::actions::CANCEL_QUERY,
                     weft_proto::QueryRef {
                         query_id: id.clone(),
+                        keep_from_attempt: 0,
                     }
                     .encode_to_vec(),
                 ),

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod fencing;
 mod peers;
 pub mod service;
 pub mod tasks;
@@ -117,6 +118,24 @@ fn runtime(memory_limit: Option<usize>) -> datafusion::error::Result<Arc<Runtime
     builder.build_arc()
 }
 
+/// How often expired task leases are looked for.
+const LEASE_CHECK: Duration = Duration::from_millis(250);
+
+/// Cancels the tasks of queries whose coordinator stopped renewing their
+/// lease, for as long as the worker's tasks exist.
+async fn expire_task_leases(tasks: std::sync::Weak<TaskManager>) {
+    let mut tick = tokio::time::interval(LEASE_CHECK);
+    loop {
+        tick.tick().await;
+        match tasks.upgrade() {
+            Some(tasks) => {
+                tasks.expire_leases();
+            }
+            None => return,
+        }
+    }
+}
+
 impl Worker {
     /// Binds the listener, serves Flight and registers the worker.
     pub async fn start(
@@ -201,6 +220,7 @@ impl Worker {
         let tasks = TaskManager::new(id.clone(), address, runtime, codec);
         tasks.set_file_catalogs(&config.catalogs);
         tasks.set_operator_spans(config.trace_operators);
+        tokio::spawn(expire_task_leases(Arc::downgrade(&tasks)));
         // Metrics are recorded only where they are served (see the coordinator).
         let gauges: Arc<dyn GaugeSource> = Arc::new(WorkerGauges {
             tasks: Arc::downgrade(&tasks),

@@ -85,6 +85,7 @@ async fn probe(clients: &ClientPool, address: &str) -> Probe {
         actions::QUERY_STATUS,
         QueryRef {
             query_id: "weft-join-check".to_string(),
+            keep_from_attempt: 0,
         },
     );
     match tokio::time::timeout(PROBE_TIMEOUT, call).await {

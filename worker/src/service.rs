@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use weft_common::auth::{ClusterSecret, ResultGrant, NODE_TOKEN_METADATA};
 use weft_common::flight::actions;
 use weft_proto::{
-    CancelResult, LaunchTask, LaunchTaskResult, PartitionTicket, QueryRef, QueryStatus,
+    CancelResult, LaunchTask, LaunchTaskResult, PartitionTicket, QueryList, QueryRef, QueryStatus,
 };
 
 use crate::tasks::{TaskError, TaskManager};
@@ -112,6 +112,7 @@ impl From<TaskError> for Status {
             TaskError::NoSuchOutput { .. } => Status::out_of_range(message),
             TaskError::AlreadyConsumed { .. } => Status::failed_precondition(message),
             TaskError::Plan { .. } => Status::invalid_argument(message),
+            TaskError::Cancelled { .. } => Status::aborted(message),
         }
     }
 }
@@ -282,7 +283,7 @@ impl FlightService for WorkerService {
             }
             actions::CANCEL_QUERY => {
                 let q: QueryRef = decode(&action.body, "query reference")?;
-                let tasks = self.tasks.cancel_query(&q.query_id);
+                let tasks = self.tasks.cancel_attempts(&q.query_id, q.keep_from_attempt);
                 Ok(one_result(
                     CancelResult {
                         tasks_cancelled: tasks.len() as u32,
@@ -307,12 +308,18 @@ impl FlightService for WorkerService {
                 let tasks = self.tasks.query_status(&q.query_id);
                 Ok(one_result(QueryStatus { tasks }.encode_to_vec()))
             }
+            actions::RENEW_LEASES => {
+                let q: QueryList = decode(&action.body, "query list")?;
+                let unknown = self.tasks.renew_leases(&q.query_ids);
+                Ok(one_result(QueryList { query_ids: unknown }.encode_to_vec()))
+            }
             other => Err(Status::invalid_argument(format!(
-                "unknown worker action \"{other}\" (expected one of {}, {}, {}, {})",
+                "unknown worker action \"{other}\" (expected one of {}, {}, {}, {}, {})",
                 actions::LAUNCH_TASK,
                 actions::CANCEL_QUERY,
                 actions::RELEASE_QUERY,
-                actions::QUERY_STATUS
+                actions::QUERY_STATUS,
+                actions::RENEW_LEASES
             ))),
         }
     }
@@ -326,6 +333,7 @@ impl FlightService for WorkerService {
             actions::CANCEL_QUERY,
             actions::RELEASE_QUERY,
             actions::QUERY_STATUS,
+            actions::RENEW_LEASES,
         ]
         .map(|t| {
             Ok(ActionType {

@@ -10,6 +10,7 @@
 //!
 //! A task lives until the coordinator cancels or releases its query.
 
+use crate::fencing::Fencing;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -55,6 +56,8 @@ pub enum TaskError {
     AlreadyConsumed { task: TaskId, partition: u32 },
     #[error("worker {worker} is stopped")]
     Killed { worker: String },
+    #[error("weft: task {task} belongs to an attempt of its query that was cancelled on worker {worker}")]
+    Cancelled { task: TaskId, worker: String },
     #[error("task {task}: {source}")]
     Plan {
         task: TaskId,
@@ -87,6 +90,8 @@ pub struct TaskManager {
     /// Wrap every operator of a decoded fragment in a trace span
     /// (`--trace-operators`, datafusion-tracing).
     operator_spans: AtomicBool,
+    /// Cancelled attempts and task leases.
+    fencing: Fencing,
 }
 
 impl std::fmt::Debug for TaskManager {
@@ -423,6 +428,7 @@ impl TaskManager {
             launched: AtomicU64::new(0),
             file_catalogs: Mutex::new(Vec::new()),
             operator_spans: AtomicBool::new(false),
+            fencing: Fencing::default(),
         })
     }
 
@@ -534,6 +540,14 @@ impl TaskManager {
                 worker: self.worker_id.clone(),
             });
         }
+        // Checked again when the task is registered (a cancel may come
+        // while it is decoded); here it spares decoding a refused plan.
+        if self.fencing.is_fenced(&id.query_id, id.attempt) {
+            return Err(TaskError::Cancelled {
+                task: id,
+                worker: self.worker_id.clone(),
+            });
+        }
         let plan_err = |source| TaskError::Plan {
             task: id.clone(),
             source,
@@ -589,6 +603,16 @@ impl TaskManager {
         });
         {
             let mut tasks = self.tasks.lock();
+            // Checked under the task lock: a cancel fences first, then
+            // removes tasks under this lock, so a launch either sees the
+            // fence or is removed by the cancel.
+            if self.fencing.is_fenced(&id.query_id, id.attempt) {
+                tracing::info!(task = %id, "launch refused: its attempt was cancelled here");
+                return Err(TaskError::Cancelled {
+                    task: id,
+                    worker: self.worker_id.clone(),
+                });
+            }
             if tasks.contains_key(&key(&id)) {
                 return Err(TaskError::Duplicate {
                     task: id,
@@ -596,6 +620,10 @@ impl TaskManager {
                 });
             }
             tasks.insert(key(&id), Arc::clone(&task));
+            self.fencing.launched(
+                &id.query_id,
+                std::time::Duration::from_millis(request.lease_ms),
+            );
         }
         if count == 0 {
             task.set_state(TaskState::Finished, String::new());
@@ -625,15 +653,19 @@ impl TaskManager {
                 worker: self.worker_id.clone(),
             });
         }
-        let task = self
-            .tasks
-            .lock()
-            .get(&key(id))
-            .cloned()
-            .ok_or_else(|| TaskError::NotFound {
-                task: id.clone(),
-                worker: self.worker_id.clone(),
-            })?;
+        let task = self.tasks.lock().get(&key(id)).cloned().ok_or_else(|| {
+            if self.fencing.is_fenced(&id.query_id, id.attempt) {
+                TaskError::Cancelled {
+                    task: id.clone(),
+                    worker: self.worker_id.clone(),
+                }
+            } else {
+                TaskError::NotFound {
+                    task: id.clone(),
+                    worker: self.worker_id.clone(),
+                }
+            }
+        })?;
         let stream = match task.outputs.get(partition as usize) {
             None => {
                 return Err(TaskError::NoSuchOutput {
@@ -696,10 +728,15 @@ impl TaskManager {
         Ok((task, stream))
     }
 
-    fn remove_query(&self, query_id: &str) -> Vec<Arc<RunningTask>> {
+    /// Removes the tasks of `query_id` whose attempt is below `below`.
+    fn remove_query(&self, query_id: &str, below: u32) -> Vec<Arc<RunningTask>> {
         let removed: Vec<_> = {
             let mut tasks = self.tasks.lock();
-            let keys: Vec<_> = tasks.keys().filter(|k| k.0 == query_id).cloned().collect();
+            let keys: Vec<_> = tasks
+                .keys()
+                .filter(|k| k.0 == query_id && (below == u32::MAX || k.1 < below))
+                .cloned()
+                .collect();
             keys.iter().filter_map(|k| tasks.remove(k)).collect()
         };
         let catalogs = self.file_catalogs.lock().clone();
@@ -710,9 +747,25 @@ impl TaskManager {
     }
 
     /// Stops every task of a query and frees its buffers; returns the
-    /// removed tasks' final statuses.
+    /// removed tasks' final statuses. Its attempts are fenced: a late launch
+    /// or read of one is refused.
     pub fn cancel_query(&self, query_id: &str) -> Vec<TaskStatus> {
-        let statuses = self.release_query(query_id);
+        self.cancel_attempts(query_id, 0)
+    }
+
+    /// Stops the tasks of the attempts of `query_id` below `keep_from` (0:
+    /// every attempt) and fences those attempts; later attempts go on.
+    pub fn cancel_attempts(&self, query_id: &str, keep_from: u32) -> Vec<TaskStatus> {
+        self.fencing.fence(query_id, keep_from);
+        let below = if keep_from == 0 { u32::MAX } else { keep_from };
+        let statuses: Vec<TaskStatus> = self
+            .remove_query(query_id, below)
+            .iter()
+            .map(|t| {
+                t.cancel();
+                t.status()
+            })
+            .collect();
         if !statuses.is_empty() {
             tracing::info!(
                 query_id,
@@ -723,9 +776,11 @@ impl TaskManager {
         statuses
     }
 
-    /// Forgets a finished query (same effect as cancel, without logging).
+    /// Forgets a finished query (same effect as cancel, without logging
+    /// or fencing).
     pub fn release_query(&self, query_id: &str) -> Vec<TaskStatus> {
-        let removed = self.remove_query(query_id);
+        self.fencing.ended(query_id);
+        let removed = self.remove_query(query_id, u32::MAX);
         removed
             .iter()
             .map(|t| {
@@ -733,6 +788,29 @@ impl TaskManager {
                 t.status()
             })
             .collect()
+    }
+
+    /// Renews the task leases of `query_ids` (`weft.renew_leases`); returns
+    /// the ids this worker holds no lease of.
+    pub fn renew_leases(&self, query_ids: &[String]) -> Vec<String> {
+        self.fencing.renew(query_ids.iter().map(String::as_str))
+    }
+
+    /// Cancels the queries whose task lease ran out (their coordinator
+    /// stopped renewing it); returns how many tasks were stopped.
+    pub fn expire_leases(&self) -> usize {
+        let mut stopped = 0;
+        for (query_id, lease) in self.fencing.expired() {
+            let tasks = self.cancel_attempts(&query_id, 0).len();
+            tracing::warn!(
+                query_id,
+                tasks,
+                lease_ms = lease.as_millis() as u64,
+                "task lease expired: the query's coordinator stopped renewing it (gone or cut off); its tasks here are cancelled and freed"
+            );
+            stopped += tasks;
+        }
+        stopped
     }
 
     pub fn query_status(&self, query_id: &str) -> Vec<TaskStatus> {

@@ -59,6 +59,10 @@ pub struct EngineSettings {
     pub worker_tls: Option<tonic::transport::ClientTlsConfig>,
     /// `--access-rules-file`: what each user may read; `None` = everything.
     pub access_rules: Option<Arc<crate::access::WatchedRules>>,
+    /// `--task-lease`: workers cancel a query's tasks when this coordinator
+    /// has not renewed their lease for this long (it died or was cut off).
+    /// Zero: no lease.
+    pub task_lease: Duration,
 }
 
 impl Default for EngineSettings {
@@ -75,9 +79,13 @@ impl Default for EngineSettings {
             cluster_secret: None,
             worker_tls: None,
             access_rules: None,
+            task_lease: DEFAULT_TASK_LEASE,
         }
     }
 }
+
+/// Default `--task-lease`.
+pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(10);
 
 /// How many draining workers one query's launch steps around before it
 /// fails (each refusal re-places every task without that worker).
@@ -154,6 +162,46 @@ impl Engine {
     /// draining).
     pub fn schedulable_workers(&self) -> Vec<WorkerInfo> {
         scheduler::schedulable(&self.members.borrow())
+    }
+
+    /// Renews, on every worker, the task leases of the queries that have
+    /// tasks there (one call per worker, each bounded by `timeout`).
+    pub async fn renew_task_leases(&self, timeout: Duration) {
+        let mut by_worker: std::collections::BTreeMap<(String, String), Vec<String>> =
+            Default::default();
+        for query in self.queries.active() {
+            if let Some(run) = query.run_info() {
+                for worker in &run.workers {
+                    by_worker
+                        .entry(worker.clone())
+                        .or_default()
+                        .push(query.id.clone());
+                }
+            }
+        }
+        let calls = by_worker.into_iter().map(|((id, address), query_ids)| {
+            let clients = Arc::clone(&self.clients);
+            async move {
+                let renew = clients.action(
+                    &address,
+                    weft_common::flight::actions::RENEW_LEASES,
+                    weft_proto::QueryList { query_ids },
+                );
+                match tokio::time::timeout(timeout, renew).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!(
+                        worker = %id,
+                        "renewing task leases failed: {}",
+                        e.message()
+                    ),
+                    Err(_) => tracing::debug!(
+                        worker = %id,
+                        "renewing task leases timed out after {timeout:?}"
+                    ),
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
     }
 
     /// Refuse new queries from now on (graceful stop); running ones go on.
@@ -448,7 +496,10 @@ impl Engine {
                 ctx.state().config(),
                 &self.codec,
                 &self.clients,
-                &self.settings.compression,
+                &scheduler::TaskOptions {
+                    compression: self.settings.compression.clone(),
+                    lease: self.settings.task_lease,
+                },
             )
             .instrument(tracing::info_span!(
                 "launch",
@@ -457,7 +508,17 @@ impl Engine {
             ))
             .await;
             match launched {
-                Ok(locations) => break (placement, used_workers, locations),
+                Ok(locations) => {
+                    // A cancel that came during the launch has cancelled
+                    // and fenced the query on these workers already.
+                    if query.state().is_terminal() {
+                        return Err(Status::cancelled(format!(
+                            "query {} was cancelled while it was being launched",
+                            query.id
+                        )));
+                    }
+                    break (placement, used_workers, locations);
+                }
                 Err(ScheduleError::Draining { worker, .. })
                     if refused.len() < MAX_DRAINING_REPLACEMENTS =>
                 {
@@ -466,7 +527,14 @@ impl Engine {
                         %worker,
                         "worker is draining: placing the query's tasks again without it"
                     );
-                    scheduler::notify_workers(&self.clients, &used_workers, query, true).await;
+                    // Fences this attempt only: the next one runs there.
+                    scheduler::cancel_attempts_before(
+                        &self.clients,
+                        &used_workers,
+                        query,
+                        attempt + 1,
+                    )
+                    .await;
                     query.forget_ended_tasks();
                     refused.push(worker);
                 }

@@ -1,0 +1,192 @@
+//! Chaos scripts: real processes (etcd, a coordinator, workers) killed or
+//! cut off while queries run. Each test is one numbered script.
+//!
+//! `s3_coordinator_kill_leaves_no_task` (script 3 of the fault-tolerance
+//! suite):
+//! 1. A coordinator with `--task-lease 2` and two workers; a query is
+//!    planned and launched (GetFlightInfo) and its results are not read, so
+//!    its tasks stay on the workers, holding their outputs.
+//! 2. For two leases, with the coordinator alive, every task stays: the
+//!    coordinator renews the lease.
+//! 3. `kill -9` of the coordinator.
+//! 4. Within the lease (plus the worker's check period), no task of the
+//!    query is left on any worker, and each worker's log says the lease
+//!    expired.
+//! 5. The query's attempt is fenced: a late launch of one of its tasks and a
+//!    read of its outputs are refused as cancelled.
+
+use std::time::{Duration, Instant};
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, Ticket};
+use futures::StreamExt;
+use prost::Message;
+use tonic::transport::Channel;
+use weft_integration_tests::process::{ProcessCluster, ProcessOptions};
+use weft_integration_tests::tpch_dir;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+const LEASE: Duration = Duration::from_secs(2);
+/// Sorting the whole of lineitem (with a shuffle below): every stage holds
+/// tasks until the client reads, which it never does.
+const SQL: &str = "SELECT l_orderkey, l_partkey, l_quantity FROM lineitem ORDER BY l_partkey";
+
+async fn worker_client(flight: std::net::SocketAddr) -> FlightServiceClient<Channel> {
+    FlightServiceClient::new(
+        Channel::from_shared(format!("http://{flight}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the worker"),
+    )
+}
+
+/// The tasks of `query_id` a worker holds, through its status action.
+async fn tasks_on(flight: std::net::SocketAddr, query_id: &str) -> usize {
+    let mut client = worker_client(flight).await;
+    let action = Action::new(
+        weft_common::flight::actions::QUERY_STATUS,
+        weft_proto::QueryRef {
+            query_id: query_id.to_string(),
+            keep_from_attempt: 0,
+        }
+        .encode_to_vec(),
+    );
+    let mut stream = client
+        .do_action(action)
+        .await
+        .expect("query status")
+        .into_inner();
+    let body = stream
+        .next()
+        .await
+        .expect("one result")
+        .expect("a status")
+        .body;
+    weft_proto::QueryStatus::decode(body)
+        .expect("a QueryStatus")
+        .tasks
+        .len()
+}
+
+async fn tasks_everywhere(cluster: &ProcessCluster, query_id: &str) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for w in &cluster.workers {
+        counts.push(tasks_on(w.flight, query_id).await);
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_coordinator_kill_leaves_no_task() {
+    tokio::time::timeout(TEST_TIMEOUT, script_3())
+        .await
+        .expect("the test finishes within its timeout");
+}
+
+async fn script_3() {
+    // 1.
+    let catalogs = format!(
+        "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
+        tpch_dir(0.01, 2).display().to_string()
+    );
+    let mut cluster = ProcessCluster::start(
+        2,
+        ProcessOptions {
+            catalogs,
+            slots: 2,
+            // The coordinator's --task-lease (workers share the options).
+            env: vec![("WEFT_TASK_LEASE".into(), LEASE.as_secs().to_string())],
+            args: vec![],
+            etcd: None,
+            http: false,
+            sign_in: None,
+            tls_ca: None,
+        },
+    )
+    .await
+    .expect("a cluster");
+    let mut client = cluster.client().await.expect("client");
+    let info = client.execute(SQL.into(), None).await.expect("planned");
+    let query_id = weft_coordinator::flight_sql::query_ids_of(&info).remove(0);
+    let launched = tasks_everywhere(&cluster, &query_id).await;
+    assert!(
+        launched.iter().all(|&n| n > 0),
+        "tasks on every worker: {launched:?}"
+    );
+
+    // 2.
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(
+        tasks_everywhere(&cluster, &query_id).await,
+        launched,
+        "the coordinator renews its tasks' lease"
+    );
+
+    // 3.
+    cluster.coordinator.signal("KILL").expect("kill -9");
+    let killed = Instant::now();
+
+    // 4.
+    let limit = LEASE + Duration::from_millis(1500);
+    loop {
+        let left = tasks_everywhere(&cluster, &query_id).await;
+        if left.iter().all(|&n| n == 0) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < limit,
+            "tasks still on the workers {:?} after the kill: {left:?}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "every task of {query_id} gone {} ms after the coordinator's kill (lease {} ms)",
+        killed.elapsed().as_millis(),
+        LEASE.as_millis()
+    );
+    for w in &cluster.workers {
+        let log = std::fs::read_to_string(&w.log).unwrap();
+        assert!(
+            log.contains("task lease expired") && log.contains(&query_id),
+            "{log}"
+        );
+    }
+
+    // 5.
+    let worker = cluster.workers[0].flight;
+    let task = weft_proto::TaskId {
+        query_id: query_id.clone(),
+        stage_id: 0,
+        task_index: 0,
+        attempt: 0,
+    };
+    let launch = weft_proto::LaunchTask {
+        task: Some(task.clone()),
+        ..Default::default()
+    };
+    let refused = worker_client(worker)
+        .await
+        .do_action(Action::new(
+            weft_common::flight::actions::LAUNCH_TASK,
+            launch.encode_to_vec(),
+        ))
+        .await
+        .map(|_| ())
+        .expect_err("a late launch of a cancelled attempt");
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{refused}");
+    assert!(refused.message().contains("was cancelled"), "{refused}");
+    let ticket = weft_proto::PartitionTicket {
+        task: Some(task),
+        partition: 0,
+        grant: None,
+    };
+    let read = worker_client(worker)
+        .await
+        .do_get(Ticket::new(ticket.encode_to_vec()))
+        .await
+        .map(|_| ())
+        .expect_err("a read of a cancelled attempt");
+    assert_eq!(read.code(), tonic::Code::Aborted, "{read}");
+}
