@@ -90,7 +90,7 @@ async fn script_3() {
         "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
         tpch_dir(0.01, 2).display().to_string()
     );
-    let mut cluster = ProcessCluster::start(
+    let cluster = ProcessCluster::start(
         2,
         ProcessOptions {
             catalogs,

@@ -27,12 +27,14 @@ def test_unset_flags_are_not_passed():
 def test_query_limits_from_values():
     values = with_minimal({C: {"maxRunningQueries": 0, "maxQueuedQueries": 50, "queueTimeoutSeconds": 30,
                                "resultTimeoutSeconds": 600, "targetPartitions": 16,
+                               "taskLeaseSeconds": 20,
                                "exchangeCompression": "zstd"}})
     f = flags(container(deployment(render(values), C)))
     assert f["max-running-queries"] == "0"  # 0 is a value (no limit), not "unset"
     assert f["max-queued-queries"] == "50"
     assert f["queue-timeout"] == "30"
     assert f["result-timeout"] == "600"
+    assert f["task-lease"] == "20"
     assert f["target-partitions"] == "16"
     assert f["exchange-compression"] == "zstd"
 
