@@ -190,3 +190,154 @@ async fn script_3() {
         .expect_err("a read of a cancelled attempt");
     assert_eq!(read.code(), tonic::Code::Aborted, "{read}");
 }
+
+/// A query that runs long enough to be cancelled at any point of its life.
+const LONG_SQL: &str = "SELECT a.l_orderkey, b.l_partkey FROM lineitem a CROSS JOIN lineitem b";
+
+/// xorshift64*: the seeded choices of script 4, repeatable from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Script 4: cancels injected at random points of the lifecycle.
+/// 1. Two workers, at most two queries running at once (more wait in state
+///    `queued`); the seed is printed (`WEFT_CHAOS_SEED` repeats a run).
+/// 2. Rounds of four concurrent queries; each is cancelled after a random
+///    delay, by one of: dropping its GetFlightInfo (the client goes away
+///    while it is queued, planned or launched), `CancelFlightInfo` right
+///    after its FlightInfo (launched, unread), or `CancelFlightInfo` after
+///    its first batch (streaming).
+/// 3. Afterwards every query is ended on the coordinator and no worker holds
+///    a task of any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4_cancel_at_random_points_leaves_no_task() {
+    tokio::time::timeout(TEST_TIMEOUT, script_4())
+        .await
+        .expect("the test finishes within its timeout");
+}
+
+async fn script_4() {
+    use weft_integration_tests::{eventually, files_catalog, ClusterOptions, TestCluster};
+    // 1.
+    let seed = std::env::var("WEFT_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("chaos seed {seed} (WEFT_CHAOS_SEED={seed} repeats this run)");
+    let mut rng = Rng(seed);
+    let cluster = TestCluster::start(
+        2,
+        ClusterOptions {
+            catalogs: files_catalog("tpch", tpch_dir(0.01, 2)),
+            max_running_queries: Some(2),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a cluster");
+    let url = format!("http://{}", cluster.coordinator.addr());
+
+    // 2.
+    let mut how = [0usize; 3];
+    for _round in 0..6 {
+        let mut round = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let delay = Duration::from_millis(rng.below(120));
+            let mode = rng.below(3) as usize;
+            how[mode] += 1;
+            let url = url.clone();
+            round.spawn(async move {
+                let mut client = weft_integration_tests::connect(&url)
+                    .await
+                    .expect("connect");
+                match mode {
+                    0 => {
+                        // The client goes away mid-GetFlightInfo; one that
+                        // was answered in time is cancelled at once.
+                        let planned =
+                            tokio::time::timeout(delay, client.execute(LONG_SQL.to_string(), None))
+                                .await;
+                        if let Ok(Ok(info)) = planned {
+                            let cancel = Action::new(
+                                "CancelFlightInfo",
+                                arrow_flight::CancelFlightInfoRequest::new(info).encode_to_vec(),
+                            );
+                            let _ = client.do_action(cancel).await.expect("CancelFlightInfo");
+                        }
+                    }
+                    _ => {
+                        let info = client
+                            .execute(LONG_SQL.to_string(), None)
+                            .await
+                            .expect("planned");
+                        let mut stream = None;
+                        if mode == 2 {
+                            let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+                            let mut s = client.do_get(ticket).await.expect("DoGet");
+                            let _ = s.next().await;
+                            stream = Some(s);
+                        }
+                        tokio::time::sleep(delay).await;
+                        let cancel = Action::new(
+                            "CancelFlightInfo",
+                            arrow_flight::CancelFlightInfoRequest::new(info).encode_to_vec(),
+                        );
+                        let _ = client.do_action(cancel).await.expect("CancelFlightInfo");
+                        drop(stream);
+                    }
+                }
+            });
+        }
+        while let Some(r) = round.join_next().await {
+            r.expect("a client");
+        }
+    }
+    println!(
+        "cancelled {} by dropping GetFlightInfo, {} before reading, {} while streaming",
+        how[0], how[1], how[2]
+    );
+
+    // 3.
+    let engine = cluster.coordinator.engine();
+    assert!(
+        eventually(Duration::from_secs(20), || engine
+            .queries
+            .active()
+            .is_empty())
+        .await,
+        "queries still active: {:?}",
+        engine
+            .queries
+            .active()
+            .iter()
+            .map(|q| (q.id.clone(), q.state()))
+            .collect::<Vec<_>>()
+    );
+    // A GetFlightInfo dropped at once may never reach the coordinator.
+    let reached = engine.queries.all().len();
+    assert!(reached > 12 && reached <= 24, "{reached} queries");
+    let left = || {
+        cluster
+            .live_workers()
+            .map(|w| w.tasks().task_count())
+            .sum::<usize>()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || left() == 0).await,
+        "tasks left on the workers after every query ended: {}",
+        left()
+    );
+}
