@@ -53,6 +53,9 @@ pub struct ClusterOptions {
     /// Admission: queries running at once, and how long one may queue.
     pub max_running_queries: Option<usize>,
     pub queue_timeout: Duration,
+    /// A running query whose results nobody starts reading within this
+    /// time is cancelled (`--result-timeout`).
+    pub result_timeout: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -68,6 +71,7 @@ impl Default for ClusterOptions {
             direct_results: false,
             max_running_queries: None,
             queue_timeout: Duration::from_secs(300),
+            result_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -116,6 +120,7 @@ impl TestCluster {
         config.engine.direct_results = options.direct_results;
         config.engine.max_running_queries = options.max_running_queries;
         config.engine.queue_timeout = options.queue_timeout;
+        config.engine.result_timeout = options.result_timeout;
         let coordinator = Coordinator::start(config, members).await?;
         let mut cluster = Self {
             coordinator,
