@@ -43,8 +43,31 @@ pub enum ScheduleError {
         worker: String,
         address: String,
     },
+    /// The worker could not be reached (dead, frozen, cut off) though it is
+    /// still a member (its lease has not expired yet).
+    #[error("cannot launch task {task} on worker {worker} at {address}: unreachable: {message}")]
+    Unreachable {
+        task: TaskId,
+        worker: String,
+        address: String,
+        message: String,
+    },
     #[error("cannot encode the plan of stage {stage}: {message}")]
     Encode { stage: u32, message: String },
+}
+
+impl ScheduleError {
+    /// The worker a new placement should leave out, for the errors a query
+    /// recovers from before any row left: a draining worker's refusal, or a
+    /// member that cannot be reached.
+    pub fn avoidable_worker(&self) -> Option<&str> {
+        match self {
+            ScheduleError::Draining { worker, .. } | ScheduleError::Unreachable { worker, .. } => {
+                Some(worker)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The members new tasks may be placed on: every worker that is not
@@ -184,6 +207,13 @@ pub async fn launch_all(
                             worker: worker.id.clone(),
                             address: worker.address.clone(),
                         }
+                    } else if weft_common::flight::is_transport_error(&s) {
+                        ScheduleError::Unreachable {
+                            task: task.clone(),
+                            worker: worker.id.clone(),
+                            address: worker.address.clone(),
+                            message: s.message().to_string(),
+                        }
                     } else {
                         launch_err(s.message().to_string())
                     }
@@ -202,19 +232,20 @@ pub async fn launch_all(
     }
     // Every launch is answered before returning, so a caller that cancels
     // the query after an error cancels every task that was accepted. A
-    // refusal by a draining worker is reported only when nothing else
-    // failed (it is the one error the caller recovers from).
-    let mut draining = None;
+    // refusal by a draining worker or an unreachable one is reported only
+    // when nothing else failed (the caller recovers from those by placing
+    // the query again without that worker).
+    let mut avoidable = None;
     for result in futures::future::join_all(launches).await {
         match result {
             Ok(()) => {}
-            Err(e @ ScheduleError::Draining { .. }) => {
-                draining.get_or_insert(e);
+            Err(e) if e.avoidable_worker().is_some() => {
+                avoidable.get_or_insert(e);
             }
             Err(e) => return Err(e),
         }
     }
-    match draining {
+    match avoidable {
         Some(e) => Err(e),
         None => Ok(locations),
     }

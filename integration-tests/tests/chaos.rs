@@ -363,3 +363,79 @@ async fn script_4() {
         left()
     );
 }
+
+/// Script 1a: a killed worker is stepped around while it is still a member.
+/// 1. A coordinator and three workers (etcd lease TTL 3 s); answers of two
+///    queries from single-node DataFusion.
+/// 2. `kill -9` of a worker; at once, before its lease expires, the queries
+///    run: their launches cannot reach it, so each is placed again on the
+///    other two (nothing has reached the client yet).
+/// 3. Every answer equals single-node DataFusion, and the coordinator's log
+///    says which worker was left out and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s1a_a_killed_member_is_stepped_around() {
+    tokio::time::timeout(TEST_TIMEOUT, script_1a())
+        .await
+        .expect("the test finishes within its timeout");
+}
+
+async fn script_1a() {
+    use weft_integration_tests::{canonical_rows, run_sql, single_node_rows, tpch_single_node};
+    // 1.
+    let dir = tpch_dir(0.01, 3);
+    let catalogs = format!(
+        "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
+        dir.display().to_string()
+    );
+    let cluster = ProcessCluster::start(
+        3,
+        ProcessOptions {
+            catalogs,
+            slots: 1,
+            env: vec![],
+            args: vec![],
+            etcd: None,
+            http: false,
+            sign_in: None,
+            tls_ca: None,
+        },
+    )
+    .await
+    .expect("a cluster");
+    let queries = [
+        "SELECT l_returnflag, l_linestatus, count(*), sum(l_quantity) FROM lineitem GROUP BY 1, 2 ORDER BY 1, 2",
+        "SELECT o_orderpriority, count(*) FROM orders JOIN lineitem ON l_orderkey = o_orderkey \
+         WHERE l_commitdate < l_receiptdate GROUP BY 1 ORDER BY 1",
+    ];
+    let ctx = tpch_single_node(dir).await;
+    let mut expected = Vec::new();
+    for sql in queries {
+        expected.push(single_node_rows(&ctx, sql).await);
+    }
+    let mut client = cluster.client().await.expect("client");
+
+    // 2.
+    let victim = &cluster.workers[0];
+    victim.signal("KILL").expect("kill -9");
+    let killed = Instant::now();
+    let mut answers = Vec::new();
+    for sql in queries {
+        let batches = run_sql(&mut client, sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
+        answers.push(canonical_rows(&batches));
+    }
+    let elapsed = killed.elapsed();
+
+    // 3.
+    assert_eq!(answers, expected);
+    let log = std::fs::read_to_string(&cluster.coordinator.log).unwrap();
+    assert!(
+        log.contains("unreachable") && log.contains("placing the query's tasks again without it"),
+        "{log}"
+    );
+    println!(
+        "both queries answered right {} ms after the kill (lease TTL 3 s)",
+        elapsed.as_millis()
+    );
+}

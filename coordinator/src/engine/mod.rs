@@ -87,9 +87,9 @@ impl Default for EngineSettings {
 /// Default `--task-lease`.
 pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(10);
 
-/// How many draining workers one query's launch steps around before it
-/// fails (each refusal re-places every task without that worker).
-const MAX_DRAINING_REPLACEMENTS: usize = 3;
+/// How many draining or unreachable workers one query's launch steps
+/// around before it fails (each re-places every task without that worker).
+const MAX_REPLACEMENTS: usize = 3;
 
 /// Shared state of a coordinator.
 pub struct Engine {
@@ -122,9 +122,9 @@ impl From<ScheduleError> for Status {
         let message = e.to_string();
         match e {
             ScheduleError::NoWorkers => Status::unavailable(message),
-            ScheduleError::Launch { .. } | ScheduleError::Draining { .. } => {
-                Status::unavailable(message)
-            }
+            ScheduleError::Launch { .. }
+            | ScheduleError::Draining { .. }
+            | ScheduleError::Unreachable { .. } => Status::unavailable(message),
             ScheduleError::Encode { .. } => Status::internal(message),
         }
     }
@@ -519,18 +519,25 @@ impl Engine {
                     }
                     break (placement, used_workers, locations);
                 }
-                Err(ScheduleError::Draining { worker, .. })
-                    if refused.len() < MAX_DRAINING_REPLACEMENTS =>
-                {
+                Err(e) if e.avoidable_worker().is_some() && refused.len() < MAX_REPLACEMENTS => {
+                    let worker = e.avoidable_worker().unwrap_or_default().to_string();
                     tracing::info!(
                         query_id = %query.id,
                         %worker,
-                        "worker is draining: placing the query's tasks again without it"
+                        "{e}; placing the query's tasks again without it"
                     );
-                    // Fences this attempt only: the next one runs there.
+                    // Fences this attempt only: the next one runs on the
+                    // others. An unreachable worker is not waited for.
+                    let reachable: Vec<(String, String)> = used_workers
+                        .iter()
+                        .filter(|(id, _)| {
+                            *id != worker || matches!(e, ScheduleError::Draining { .. })
+                        })
+                        .cloned()
+                        .collect();
                     scheduler::cancel_attempts_before(
                         &self.clients,
-                        &used_workers,
+                        &reachable,
                         query,
                         attempt + 1,
                     )
