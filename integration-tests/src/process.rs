@@ -280,6 +280,23 @@ impl ProcessCluster {
         }
     }
 
+    /// Starts a worker with `args` that must fail to join the cluster (it
+    /// exits non-zero before it is ready); its log.
+    pub async fn refused_worker(&mut self, args: &[String]) -> anyhow::Result<String> {
+        let refused = match self.add_worker_with(args).await {
+            Ok(i) => anyhow::bail!("{} joined the cluster", self.workers[i].name),
+            Err(e) => e,
+        };
+        let mut node = self.workers.pop().expect("the refused worker's process");
+        let status = node.wait_exit(Duration::from_secs(10)).await?;
+        anyhow::ensure!(
+            !status.success(),
+            "{} exited with success: {refused:#}",
+            node.name
+        );
+        Ok(std::fs::read_to_string(&node.log)?)
+    }
+
     /// A Flight SQL client of the coordinator, signed in as
     /// [`ProcessOptions::sign_in`] says.
     pub async fn client(

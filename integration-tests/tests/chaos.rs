@@ -69,6 +69,35 @@ async fn tasks_on(flight: std::net::SocketAddr, query_id: &str) -> usize {
         .len()
 }
 
+/// A process cluster of `workers` workers reading TPC-H Parquet files in
+/// `dir` (catalog `tpch`, the default), with `env` on every node.
+async fn files_cluster(
+    dir: &std::path::Path,
+    workers: usize,
+    slots: u32,
+    env: Vec<(String, String)>,
+) -> ProcessCluster {
+    let catalogs = format!(
+        "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
+        dir.display().to_string()
+    );
+    ProcessCluster::start(
+        workers,
+        ProcessOptions {
+            catalogs,
+            slots,
+            env,
+            args: vec![],
+            etcd: None,
+            http: false,
+            sign_in: None,
+            tls_ca: None,
+        },
+    )
+    .await
+    .expect("a cluster")
+}
+
 async fn tasks_everywhere(cluster: &ProcessCluster, query_id: &str) -> Vec<usize> {
     let mut counts = Vec::new();
     for w in &cluster.workers {
@@ -86,26 +115,9 @@ async fn s3_coordinator_kill_leaves_no_task() {
 
 async fn script_3() {
     // 1.
-    let catalogs = format!(
-        "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-        tpch_dir(0.01, 2).display().to_string()
-    );
-    let cluster = ProcessCluster::start(
-        2,
-        ProcessOptions {
-            catalogs,
-            slots: 2,
-            // The coordinator's --task-lease (workers share the options).
-            env: vec![("WEFT_TASK_LEASE".into(), LEASE.as_secs().to_string())],
-            args: vec![],
-            etcd: None,
-            http: false,
-            sign_in: None,
-            tls_ca: None,
-        },
-    )
-    .await
-    .expect("a cluster");
+    // The coordinator's --task-lease (workers share the options).
+    let lease = ("WEFT_TASK_LEASE".to_string(), LEASE.as_secs().to_string());
+    let cluster = files_cluster(tpch_dir(0.01, 2), 2, 2, vec![lease]).await;
     let mut client = cluster.client().await.expect("client");
     let info = client.execute(SQL.into(), None).await.expect("planned");
     let query_id = weft_coordinator::flight_sql::query_ids_of(&info).remove(0);
@@ -383,25 +395,7 @@ async fn script_1a() {
     use weft_integration_tests::{canonical_rows, run_sql, single_node_rows, tpch_single_node};
     // 1.
     let dir = tpch_dir(0.01, 3);
-    let catalogs = format!(
-        "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-        dir.display().to_string()
-    );
-    let cluster = ProcessCluster::start(
-        3,
-        ProcessOptions {
-            catalogs,
-            slots: 1,
-            env: vec![],
-            args: vec![],
-            etcd: None,
-            http: false,
-            sign_in: None,
-            tls_ca: None,
-        },
-    )
-    .await
-    .expect("a cluster");
+    let cluster = files_cluster(dir, 3, 1, vec![]).await;
     let queries = [
         "SELECT l_returnflag, l_linestatus, count(*), sum(l_quantity) FROM lineitem GROUP BY 1, 2 ORDER BY 1, 2",
         "SELECT o_orderpriority, count(*) FROM orders JOIN lineitem ON l_orderkey = o_orderkey \
