@@ -33,6 +33,13 @@ pub mod actions {
     pub const RENEW_LEASES: &str = "weft.renew_leases";
 }
 
+/// HTTP/2 keep-alive on every channel between nodes, both ways: a peer that
+/// answers no ping for [`KEEPALIVE_TIMEOUT`] (frozen, cut off) has its
+/// connection closed, and the streams on it fail, within
+/// `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT` instead of waiting for TCP.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// gRPC metadata a worker sets on a refused launch: `draining` means it is
 /// stopping gracefully and the task should be placed elsewhere.
 pub const REFUSAL_METADATA: &str = "weft-refusal";
@@ -150,8 +157,8 @@ impl ClientPool {
                         .initial_connection_window_size(Some(CONNECTION_WINDOW))
                         .initial_stream_window_size(Some(STREAM_WINDOW))
                         .tcp_nodelay(true)
-                        .http2_keep_alive_interval(Duration::from_secs(10))
-                        .keep_alive_timeout(Duration::from_secs(5))
+                        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                         .keep_alive_while_idle(true);
                     let c = endpoint.connect_lazy();
                     channels.insert(address.to_string(), c.clone());

@@ -240,6 +240,8 @@ impl Worker {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(weft_common::flight::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(weft_common::flight::KEEPALIVE_TIMEOUT))
             .add_service(service);
         let stopped = async {
             let _ = stop_rx.await;
