@@ -115,9 +115,11 @@ pub fn place(
         .collect())
 }
 
-/// What every task of a query is launched with.
+/// What every task of one attempt of a query is launched with.
 #[derive(Debug, Clone, Default)]
 pub struct TaskOptions {
+    /// The attempt the tasks belong to (0 for the first placement).
+    pub attempt: u32,
     /// IPC compression between nodes: "", "lz4" or "zstd".
     pub compression: String,
     /// Task lease the coordinator renews (`--task-lease`); zero: none.
@@ -128,7 +130,6 @@ pub struct TaskOptions {
 /// cancels the query on all workers.
 pub async fn launch_all(
     query_id: &str,
-    attempt: u32,
     graph: &StageGraph,
     placement: &[Vec<WorkerInfo>],
     config: &SessionConfig,
@@ -136,6 +137,7 @@ pub async fn launch_all(
     clients: &ClientPool,
     task_options: &TaskOptions,
 ) -> Result<Vec<Vec<TaskLocation>>, ScheduleError> {
+    let attempt = task_options.attempt;
     let locations: Vec<Vec<TaskLocation>> = placement
         .iter()
         .map(|workers| {

@@ -167,7 +167,8 @@ fn session(user: &str) -> SessionContext {
     ctx.register_table("orders", Arc::new(orders))
         .expect("orders");
     let state = ctx.state();
-    let secured = SecuredCatalogList::new(state.catalog_list().clone(), Arc::new(rules()), user);
+    let secured =
+        SecuredCatalogList::new(Arc::clone(state.catalog_list()), Arc::new(rules()), user);
     SessionContext::new_with_state(
         SessionStateBuilder::new_from_existing(state)
             .with_catalog_list(Arc::new(secured))

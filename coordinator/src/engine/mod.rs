@@ -235,7 +235,7 @@ impl Engine {
         &self,
         identity: &Identity,
     ) -> Arc<dyn datafusion::catalog::CatalogProviderList> {
-        let all = self.ctx.state().catalog_list().clone();
+        let all = Arc::clone(self.ctx.state().catalog_list());
         match &self.settings.access_rules {
             None => all,
             Some(rules) => Arc::new(crate::access::SecuredCatalogList::new(
@@ -490,13 +490,13 @@ impl Engine {
             let attempt = refused.len() as u32;
             let launched = scheduler::launch_all(
                 &query.id,
-                attempt,
                 &graph,
                 &placement,
                 ctx.state().config(),
                 &self.codec,
                 &self.clients,
                 &scheduler::TaskOptions {
+                    attempt,
                     compression: self.settings.compression.clone(),
                     lease: self.settings.task_lease,
                 },
