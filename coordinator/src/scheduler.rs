@@ -209,7 +209,11 @@ pub async fn launch_all(
                             worker: worker.id.clone(),
                             address: worker.address.clone(),
                         }
-                    } else if weft_common::flight::is_transport_error(&s) {
+                    } else if weft_common::flight::is_transport_error(&s)
+                        // The coordinator cancels no launch call: a cancelled
+                        // one had its connection cut (the worker died).
+                        || s.code() == tonic::Code::Cancelled
+                    {
                         ScheduleError::Unreachable {
                             task: task.clone(),
                             worker: worker.id.clone(),

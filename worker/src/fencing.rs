@@ -36,8 +36,9 @@ pub(crate) struct Fencing {
 
 impl Fencing {
     /// Fences the attempts of `query_id` below `keep_from` (0: every
-    /// attempt). Fences only grow.
-    pub(crate) fn fence(&self, query_id: &str, keep_from: u32) {
+    /// attempt). Fences only grow. Returns the bound it fenced below
+    /// (`u32::MAX`: every attempt).
+    pub(crate) fn fence(&self, query_id: &str, keep_from: u32) -> u32 {
         let below = if keep_from == 0 { u32::MAX } else { keep_from };
         let now = Instant::now();
         let mut fences = self.fences.lock();
@@ -48,6 +49,7 @@ impl Fencing {
         if below == u32::MAX {
             self.leases.lock().remove(query_id);
         }
+        below
     }
 
     /// Whether `attempt` of `query_id` was cancelled here.

@@ -756,8 +756,7 @@ impl TaskManager {
     /// Stops the tasks of the attempts of `query_id` below `keep_from` (0:
     /// every attempt) and fences those attempts; later attempts go on.
     pub fn cancel_attempts(&self, query_id: &str, keep_from: u32) -> Vec<TaskStatus> {
-        self.fencing.fence(query_id, keep_from);
-        let below = if keep_from == 0 { u32::MAX } else { keep_from };
+        let below = self.fencing.fence(query_id, keep_from);
         let statuses: Vec<TaskStatus> = self
             .remove_query(query_id, below)
             .iter()

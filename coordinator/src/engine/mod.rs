@@ -188,7 +188,21 @@ impl Engine {
                     weft_proto::QueryList { query_ids },
                 );
                 match tokio::time::timeout(timeout, renew).await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(reply)) => {
+                        // Queries the worker holds nothing of (their tasks
+                        // there ended, or it restarted): nothing to renew.
+                        if let Ok(unknown) =
+                            <weft_proto::QueryList as prost::Message>::decode(reply)
+                        {
+                            if !unknown.query_ids.is_empty() {
+                                tracing::debug!(
+                                    worker = %id,
+                                    queries = ?unknown.query_ids,
+                                    "the worker holds no task lease of these queries"
+                                );
+                            }
+                        }
+                    }
                     Ok(Err(e)) => tracing::debug!(
                         worker = %id,
                         "renewing task leases failed: {}",
