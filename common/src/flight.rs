@@ -218,6 +218,63 @@ pub fn is_transport_error(status: &tonic::Status) -> bool {
     ) && !status.message().starts_with("weft:")
 }
 
+/// Metadata key naming the worker whose loss failed a stream (set on the
+/// `Unavailable` status a worker returns when an upstream worker was lost).
+pub const LOST_WORKER_METADATA: &str = "weft-lost-worker";
+
+/// A worker that could not be read any more (killed, frozen, cut off):
+/// an infrastructure failure, which the coordinator answers by running the
+/// query again without it. Carried through every stage between the lost
+/// worker and the coordinator, as `Unavailable` with
+/// [`LOST_WORKER_METADATA`] on the wire.
+#[derive(Debug, Clone)]
+pub struct WorkerLost {
+    pub worker_id: String,
+    pub address: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for WorkerLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for WorkerLost {}
+
+impl WorkerLost {
+    /// The status a worker answers a read with when this loss failed it.
+    pub fn to_status(&self) -> tonic::Status {
+        let mut status = tonic::Status::unavailable(self.message.clone());
+        if let Ok(value) = tonic::metadata::MetadataValue::try_from(self.worker_id.as_str()) {
+            status.metadata_mut().insert(LOST_WORKER_METADATA, value);
+        }
+        status
+    }
+
+    /// The loss a status from a worker reports, if it reports one.
+    pub fn from_status(status: &tonic::Status) -> Option<Self> {
+        let worker_id = status.metadata().get(LOST_WORKER_METADATA)?.to_str().ok()?;
+        Some(Self {
+            worker_id: worker_id.to_string(),
+            address: String::new(),
+            message: status.message().to_string(),
+        })
+    }
+
+    /// The loss somewhere in `error`'s chain of sources.
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if let Some(lost) = e.downcast_ref::<Self>() {
+                return Some(lost);
+            }
+            current = e.source();
+        }
+        None
+    }
+}
+
 /// A reader asked for data the access rules do not give them; a client sees
 /// `PermissionDenied` with this message.
 #[derive(Debug)]

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod flight_sql;
 pub mod planner;
 pub mod queries;
+pub mod query;
 pub mod scheduler;
 pub mod surface;
 pub mod system;

@@ -117,6 +117,19 @@ struct Args {
     /// lease ran out (this coordinator died or was cut off). 0 = no lease.
     #[arg(long, env = "WEFT_TASK_LEASE", default_value_t = weft_coordinator::engine::DEFAULT_TASK_LEASE.as_secs())]
     task_lease: u64,
+    /// How many times a query is run again after an infrastructure failure
+    /// (a worker killed, frozen or cut off) while none of its results has
+    /// reached the client. 0 = never: results stream at once.
+    #[arg(long, env = "WEFT_QUERY_RETRIES", default_value_t = weft_coordinator::engine::DEFAULT_QUERY_RETRIES)]
+    query_retries: u32,
+    /// Results held on the coordinator, so a failed attempt can be taken
+    /// back, until they reach this size (e.g. 32M); then they stream.
+    /// 0 = never hold (no retry once results flow).
+    #[arg(long, env = "WEFT_RETRY_BUFFER", default_value = "32M", value_parser = weft_common::config::parse_size)]
+    retry_buffer: usize,
+    /// How long results are held at most before they stream (e.g. 1s, 500ms).
+    #[arg(long, env = "WEFT_RETRY_HOLD", default_value = "1s", value_parser = weft_common::config::parse_duration)]
+    retry_hold: Duration,
 }
 
 #[tokio::main]
@@ -190,6 +203,9 @@ async fn main() -> anyhow::Result<()> {
     config.engine.max_queued_queries = args.max_queued_queries;
     config.engine.queue_timeout = Duration::from_secs(args.queue_timeout);
     config.engine.task_lease = Duration::from_secs(args.task_lease);
+    config.engine.query_retries = args.query_retries;
+    config.engine.retry_buffer = args.retry_buffer;
+    config.engine.retry_hold = args.retry_hold;
     config.engine.compression = match args.exchange_compression.as_str() {
         "none" => String::new(),
         other => other.to_string(),

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!   queued ─► planning ─► running ─► finished
-//!                 │          ├─────► failed      (error in any task, worker lost)
+//!                 │        (attempts, see crate::query::attempt)
+//!                 │          ├─────► failed      (error in any task; worker lost
+//!                 │          │                    after results left)
 //!                 └──────────┴─────► cancelled   (CancelFlightInfo, dropped stream)
 //! ```
 
@@ -116,6 +118,11 @@ pub struct Query {
     /// Final statuses of tasks the workers have forgotten: `(worker id,
     /// address, status)`, returned when the query was released or cancelled.
     ended_tasks: Mutex<Vec<(String, String, TaskStatus)>>,
+    /// Cancelled when the query ends, whatever ended it: everything working
+    /// for the query (its attempts' supervisor, result pullers) stops.
+    pub(crate) token: tokio_util::sync::CancellationToken,
+    /// The results behind the output fence (not with `--direct-results`).
+    pub(crate) results: Mutex<Option<Arc<crate::query::results::Results>>>,
 }
 
 /// Where a running query's tasks are.
@@ -188,7 +195,11 @@ impl Query {
                 span.record("state", next.name());
             }
         }
+        let ended = next.is_terminal();
         *s = next;
+        if ended {
+            self.token.cancel();
+        }
         true
     }
 
@@ -378,6 +389,8 @@ impl QueryManager {
             describe: std::sync::atomic::AtomicBool::new(false),
             stage_blocks: Mutex::new(Vec::new()),
             ended_tasks: Mutex::new(Vec::new()),
+            token: tokio_util::sync::CancellationToken::new(),
+            results: Mutex::new(None),
         });
         metrics::counter!(weft_common::telemetry::catalog::QUERIES_STARTED.name).increment(1);
         let mut queries = self.queries.lock();

@@ -157,6 +157,9 @@ pub struct ProcessCluster {
     etcd: String,
     prefix: String,
     options: ProcessOptions,
+    /// Workers removed with [`ProcessCluster::remove_worker`]: new ones
+    /// take the next loopback addresses, never a removed one's.
+    retired: usize,
 }
 
 impl ProcessCluster {
@@ -183,6 +186,7 @@ impl ProcessCluster {
             etcd,
             prefix,
             options,
+            retired: 0,
         };
         cluster.wait_http(&cluster.coordinator, "/healthz").await?;
         for _ in 0..workers {
@@ -233,10 +237,10 @@ impl ProcessCluster {
     /// extra arguments.
     pub async fn add_worker_with(&mut self, args: &[String]) -> anyhow::Result<usize> {
         let i = self.workers.len();
-        let ip = format!("127.0.0.{}", i + 2);
+        let ip = format!("127.0.0.{}", i + self.retired + 2);
         let flight: SocketAddr = format!("{ip}:{}", free_port(&ip)?).parse()?;
         let http: SocketAddr = format!("{ip}:{}", free_port(&ip)?).parse()?;
-        let name = format!("worker{i}");
+        let name = format!("worker{}", i + self.retired);
         let log = self.dir.path().join(format!("{name}.log"));
         let mut cmd = Command::new(binary("weft-worker")?);
         cmd.arg("--listen")
@@ -278,6 +282,17 @@ impl ProcessCluster {
                 ),
             }
         }
+    }
+
+    /// Takes worker `i` out of the cluster's list (after it was killed or
+    /// stopped): [`ProcessCluster::wait_members`] then waits for the others
+    /// only. Its process is killed if it still runs.
+    pub fn remove_worker(&mut self, i: usize) -> Node {
+        let mut node = self.workers.remove(i);
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+        self.retired += 1;
+        node
     }
 
     /// Starts a worker with `args` that must fail to join the cluster (it

@@ -433,3 +433,230 @@ async fn script_1a() {
         elapsed.as_millis()
     );
 }
+
+/// The rows of a TPC-H query text (the last statement with columns),
+/// sorted unless the query orders them itself.
+async fn tpch_rows(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<Channel>,
+    text: &str,
+) -> anyhow::Result<Vec<String>> {
+    use weft_integration_tests::{canonical_rows, run_sql, split_statements};
+    let mut rows = Vec::new();
+    for s in split_statements(text) {
+        let batches = run_sql(client, &s).await?;
+        if !batches.is_empty() && batches[0].num_columns() > 0 {
+            rows = canonical_rows(&batches);
+        }
+    }
+    if !text.to_lowercase().contains("order by") {
+        rows.sort();
+    }
+    Ok(rows)
+}
+
+/// How often the coordinator's log says an attempt was run again.
+fn retries_logged(cluster: &ProcessCluster) -> usize {
+    std::fs::read_to_string(&cluster.coordinator.log)
+        .unwrap_or_default()
+        .matches("running the query again without the lost workers")
+        .count()
+}
+
+/// Script 1: `kill -9` of a random worker at a random moment of each of
+/// the 22 TPC-H queries.
+/// 1. A coordinator and three workers (one slot each, etcd lease TTL 3 s),
+///    TPC-H SF0.01 in three files; the seed is printed (`WEFT_CHAOS_SEED`
+///    repeats a run).
+/// 2. Per query: a clean run times it and must equal single-node
+///    DataFusion; then it runs again and a random worker is killed with -9
+///    after a random delay within the clean run's time.
+/// 3. That answer equals single-node DataFusion too, or, only where the
+///    first rows had already left the coordinator, the query fails with
+///    `Unavailable` saying so (retryable).
+/// 4. The killed worker is replaced before the next query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s1_worker_killed_during_each_tpch_query() {
+    tokio::time::timeout(Duration::from_secs(600), script_1())
+        .await
+        .expect("the test finishes within its timeout");
+}
+
+async fn script_1() {
+    use weft_integration_tests::{tpch_query, tpch_single_node};
+    // 1.
+    let seed = std::env::var("WEFT_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("script 1 seed: {seed} (WEFT_CHAOS_SEED={seed} repeats this run)");
+    let mut rng = Rng(seed);
+    let dir = tpch_dir(0.01, 3);
+    let mut cluster = files_cluster(dir, 3, 1, vec![]).await;
+    let reference = tpch_single_node(dir).await;
+    let mut client = cluster.client().await.expect("client");
+    let (mut right, mut refused, mut retried) = (0, Vec::new(), 0);
+    let mut failures = Vec::new();
+    for q in 1..=22 {
+        let text = tpch_query(q);
+        let mut want = weft_integration_tests::single_node_rows(&reference, &text).await;
+        if !text.to_lowercase().contains("order by") {
+            want.sort();
+        }
+        // 2.
+        let started = Instant::now();
+        let clean = tokio::time::timeout(Duration::from_secs(60), tpch_rows(&mut client, &text))
+            .await
+            .unwrap_or_else(|_| panic!("q{q}: the clean run timed out"))
+            .unwrap_or_else(|e| panic!("q{q}: the clean run failed: {e:#}"));
+        let took = started.elapsed();
+        assert_eq!(clean, want, "q{q}: the clean run's answer");
+        let delay = Duration::from_millis(rng.below(took.as_millis() as u64 + 1));
+        let victim = rng.below(3) as usize;
+        let retries_before = retries_logged(&cluster);
+        let mut chaos_client = cluster.client().await.expect("client");
+        let run = {
+            let text = text.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(90), tpch_rows(&mut chaos_client, &text))
+                    .await
+            })
+        };
+        tokio::time::sleep(delay).await;
+        cluster.workers[victim].signal("KILL").expect("kill -9");
+        let answer = run.await.expect("the query task");
+        // 3.
+        let was_retried = retries_logged(&cluster) > retries_before;
+        retried += usize::from(was_retried);
+        match answer {
+            Err(_) => failures.push(format!("q{q}: no answer within 90 s (seed {seed})")),
+            Ok(Ok(rows)) if rows == want => right += 1,
+            Ok(Ok(rows)) => failures.push(format!(
+                "q{q}: WRONG ANSWER after the kill at {} ms: {} rows, expected {} (seed {seed})",
+                delay.as_millis(),
+                rows.len(),
+                want.len()
+            )),
+            Ok(Err(e)) => {
+                let message = format!("{e:#}");
+                if message.contains("after its first results had been sent")
+                    && message.contains("run the query again")
+                {
+                    refused.push(q);
+                } else {
+                    failures.push(format!(
+                        "q{q}: failed after the kill at {} ms: {message} (seed {seed})",
+                        delay.as_millis()
+                    ));
+                }
+            }
+        }
+        println!(
+            "q{q}: clean {} ms, worker {victim} killed at {} ms, {}",
+            took.as_millis(),
+            delay.as_millis(),
+            if was_retried {
+                "retried"
+            } else {
+                "not retried"
+            }
+        );
+        // 4.
+        cluster.remove_worker(victim);
+        cluster.add_worker().await.expect("a replacement worker");
+        cluster.wait_members().await.expect("three members again");
+    }
+    println!(
+        "script 1: {right}/22 right, {} refused as retryable ({refused:?}), {retried} retried invisibly or not",
+        refused.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(right + refused.len(), 22);
+    assert!(
+        retried > 0,
+        "no kill landed inside a query: the script tested nothing"
+    );
+}
+
+/// Script 2: a frozen worker (SIGSTOP) mid-query.
+/// 1. A coordinator and three workers; a query that computes for seconds
+///    before its only row (a self-join count), and its answer from
+///    single-node DataFusion.
+/// 2. One second into the query, one worker is frozen with SIGSTOP (its
+///    sockets stay open: only keep-alive or its etcd lease reveal it).
+/// 3. The query answers right, without the frozen worker, within the
+///    keep-alive timeout plus a run on the other two; the coordinator's log
+///    names the lost worker.
+/// 4. SIGCONT: the thawed worker frees the old attempt's tasks (its task
+///    lease is no longer renewed) and nothing of the query is left on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s2_frozen_worker_is_detected_and_the_query_retried() {
+    tokio::time::timeout(TEST_TIMEOUT, script_2())
+        .await
+        .expect("the test finishes within its timeout");
+}
+
+async fn script_2() {
+    use weft_integration_tests::{canonical_rows, run_sql, single_node_rows, tpch_single_node};
+    // 1.
+    let sql = "SELECT count(*), sum(a.l_quantity * b.l_discount) FROM lineitem a \
+               JOIN lineitem b ON a.l_suppkey = b.l_suppkey AND a.l_linenumber = b.l_linenumber";
+    let dir = tpch_dir(0.01, 3);
+    let lease = ("WEFT_TASK_LEASE".to_string(), "4".to_string());
+    let cluster = files_cluster(dir, 3, 1, vec![lease]).await;
+    let want = single_node_rows(&tpch_single_node(dir).await, sql).await;
+    let mut client = cluster.client().await.expect("client");
+    let started = Instant::now();
+    let run = tokio::spawn(async move {
+        let batches = run_sql(&mut client, sql).await?;
+        anyhow::Ok((canonical_rows(&batches), client))
+    });
+
+    // 2.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let frozen = &cluster.workers[1];
+    frozen.signal("STOP").expect("SIGSTOP");
+
+    // 3.
+    let (answer, _client) = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the query answers within 90 s")
+        .expect("the query task")
+        .unwrap_or_else(|e| panic!("the query failed: {e:#}"));
+    let took = started.elapsed();
+    assert_eq!(answer, want);
+    let log = std::fs::read_to_string(&cluster.coordinator.log).unwrap();
+    let retry = log
+        .lines()
+        .find(|l| l.contains("running the query again without the lost workers"))
+        .unwrap_or_else(|| panic!("no retry in the coordinator's log:\n{log}"));
+    assert!(retry.contains(&frozen.flight.to_string()), "{retry}");
+    println!(
+        "answered right {} ms after the start, a worker frozen at 1 s",
+        took.as_millis()
+    );
+
+    // 4.
+    frozen.signal("CONT").expect("SIGCONT");
+    let query_id = {
+        let at = retry.find("query_id=").expect("a query id") + "query_id=".len();
+        retry[at..at + 36].to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = tasks_on(frozen.flight, &query_id).await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} tasks of {query_id} left on the thawed worker"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

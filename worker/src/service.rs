@@ -237,7 +237,12 @@ impl FlightService for WorkerService {
             .build(batches.map_err(|e| FlightError::ExternalError(Box::new(e))))
             .map_err(|e| match e {
                 FlightError::Tonic(status) => *status,
-                other => Status::internal(other.to_string()),
+                // An upstream worker was lost: `Unavailable` naming it, so
+                // the coordinator runs the query again without it.
+                other => match weft_common::flight::WorkerLost::find(&other) {
+                    Some(lost) => lost.to_status(),
+                    None => Status::internal(other.to_string()),
+                },
             })
             .inspect_ok(move |d| {
                 // The span lives as long as the stream: it ends when the reader is done.

@@ -141,7 +141,9 @@ pub struct ReplayBuffer {
 #[derive(Debug, Default)]
 struct ReplayState {
     batches: Vec<RecordBatch>,
-    end: Option<std::result::Result<(), String>>,
+    /// Shared by every reader, so a lost upstream worker stays
+    /// recognisable ([`weft_common::flight::WorkerLost`]).
+    end: Option<std::result::Result<(), Arc<DataFusionError>>>,
 }
 
 impl ReplayBuffer {
@@ -157,7 +159,7 @@ impl ReplayBuffer {
         self.version.send_modify(|v| *v += 1);
     }
 
-    fn finish(&self, end: std::result::Result<(), String>) {
+    fn finish(&self, end: std::result::Result<(), Arc<DataFusionError>>) {
         self.state.lock().end.get_or_insert(end);
         self.version.send_modify(|v| *v += 1);
     }
@@ -181,7 +183,7 @@ impl ReplayBuffer {
                     match &state.end {
                         Some(Ok(())) => return None,
                         Some(Err(e)) => {
-                            let e = DataFusionError::External(e.clone().into());
+                            let e = DataFusionError::Shared(Arc::clone(e));
                             drop(state);
                             // Report the error once, then end.
                             let len = usize::MAX;
@@ -341,10 +343,10 @@ impl RunningTask {
         self.producers.lock().abort_all();
         for o in &self.outputs {
             if let Output::Replay(r) = o {
-                r.finish(Err(format!(
+                r.finish(Err(Arc::new(DataFusionError::Execution(format!(
                     "weft: task {} was stopped before finishing (query cancelled or worker stopping)",
                     self.id
-                )));
+                )))));
             }
         }
     }
@@ -871,7 +873,7 @@ async fn pump(
                     Sink::Exclusive(tx) => {
                         let _ = tx.send(Err(e)).await;
                     }
-                    Sink::Replay(r) => r.finish(Err(message.clone())),
+                    Sink::Replay(r) => r.finish(Err(Arc::new(e))),
                 }
                 failure = Some(message);
                 break;

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use weft_proto::{PartitionTicket, TaskId, TaskLocation};
 
 use super::local::{LocalExchange, LocalOpenError};
-use crate::flight::{is_transport_error, ClientPool};
+use crate::flight::{is_transport_error, ClientPool, WorkerLost};
 
 /// How long a reader waits for an upstream task that is not launched yet.
 const UPSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -327,17 +327,21 @@ impl ExecutionPlan for StageReaderExec {
             let span = span(FLIGHT);
             builder.spawn(async move {
                 let describe = |status: tonic::Status| -> DataFusionError {
-                    if is_transport_error(&status) {
-                        DataFusionError::External(
-                            format!(
+                    if let Some(lost) = WorkerLost::from_status(&status) {
+                        // A worker further upstream was lost: passed on as such.
+                        DataFusionError::External(Box::new(lost))
+                    } else if is_transport_error(&status) {
+                        DataFusionError::External(Box::new(WorkerLost {
+                            worker_id: location.worker_id.clone(),
+                            address: location.address.clone(),
+                            message: format!(
                                 "weft: worker {} at {} failed while stage {stage_id} task {} was being read: {}",
                                 location.worker_id,
                                 location.address,
                                 location.task_index,
                                 status.message()
-                            )
-                            .into(),
-                        )
+                            ),
+                        }))
                     } else {
                         DataFusionError::External(status.message().to_string().into())
                     }

@@ -101,6 +101,13 @@ pub const QUERIES_FINISHED: MetricDef = def(
     Coordinator,
     "Queries that ended, by final state (finished, failed, cancelled) and error kind (none, invalid, resource_exhausted, unavailable, execution, internal, cancelled)",
 );
+pub const QUERY_RETRIES: MetricDef = def(
+    "weft_coordinator_query_retries_total",
+    Counter,
+    &["outcome"],
+    Coordinator,
+    "Query attempts lost to an infrastructure failure (a worker lost or unreachable), by outcome: retried (a new attempt ran, no row had left), failed (rows had already left, or --query-retries was used up)",
+);
 pub const QUERIES_RUNNING: MetricDef = def(
     "weft_coordinator_queries_running",
     Gauge,
@@ -371,6 +378,7 @@ pub const ALL: &[MetricDef] = &[
     BUILD_INFO,
     QUERIES_STARTED,
     QUERIES_FINISHED,
+    QUERY_RETRIES,
     QUERIES_RUNNING,
     QUERIES_QUEUED,
     QUERY_DURATION,

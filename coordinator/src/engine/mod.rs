@@ -9,24 +9,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Identity;
-use arrow_flight::{FlightData, Ticket};
+use arrow_flight::FlightData;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::ExecutionPlanProperties;
 use datafusion::prelude::SessionContext;
-use futures::{Stream, StreamExt};
-use prost::Message;
+use futures::Stream;
 use tokio::sync::watch;
 use tonic::Status;
 use tracing::Instrument;
 use weft_common::codec::WeftCodec;
-use weft_common::flight::{datafusion_to_status, is_transport_error, ClientPool};
+use weft_common::flight::{datafusion_to_status, ClientPool};
 use weft_common::registry::{Members, WorkerInfo};
-use weft_proto::{PartitionTicket, TaskId};
 
 use crate::planner::local_leaves::materialize_local_leaves;
 use crate::planner::stages::cut_stages;
 use crate::queries::{Query, QueryManager, QueryState, RunInfo};
+use crate::query::attempt::Attempts;
+use crate::query::results::{Event, Fence, Results};
 use crate::scheduler::{self, total_slots, ScheduleError};
 
 /// Planning and execution settings of the coordinator.
@@ -63,6 +63,13 @@ pub struct EngineSettings {
     /// has not renewed their lease for this long (it died or was cut off).
     /// Zero: no lease.
     pub task_lease: Duration,
+    /// `--query-retries`: attempts run again after an infrastructure
+    /// failure (a worker lost), while no result has left; 0 = none.
+    pub query_retries: u32,
+    /// `--retry-buffer`: results held back (bytes) before they stream.
+    pub retry_buffer: usize,
+    /// `--retry-hold`: how long results are held back before they stream.
+    pub retry_hold: Duration,
 }
 
 impl Default for EngineSettings {
@@ -80,6 +87,9 @@ impl Default for EngineSettings {
             worker_tls: None,
             access_rules: None,
             task_lease: DEFAULT_TASK_LEASE,
+            query_retries: DEFAULT_QUERY_RETRIES,
+            retry_buffer: DEFAULT_RETRY_BUFFER,
+            retry_hold: DEFAULT_RETRY_HOLD,
         }
     }
 }
@@ -87,9 +97,12 @@ impl Default for EngineSettings {
 /// Default `--task-lease`.
 pub const DEFAULT_TASK_LEASE: Duration = Duration::from_secs(10);
 
-/// How many draining or unreachable workers one query's launch steps
-/// around before it fails (each re-places every task without that worker).
-const MAX_REPLACEMENTS: usize = 3;
+/// Default `--query-retries`.
+pub const DEFAULT_QUERY_RETRIES: u32 = 2;
+/// Default `--retry-buffer`: 32 MiB.
+pub const DEFAULT_RETRY_BUFFER: usize = 32 << 20;
+/// Default `--retry-hold`.
+pub const DEFAULT_RETRY_HOLD: Duration = Duration::from_secs(1);
 
 /// Shared state of a coordinator.
 pub struct Engine {
@@ -478,99 +491,24 @@ impl Engine {
         let graph = tracing::info_span!("stage_cutting")
             .in_scope(|| cut_stages(plan, &query.id, max_tasks, &self.clients))
             .map_err(datafusion_to_status)?;
-        // A worker that started draining after this placement refuses its
-        // launches; the query's tasks are then cancelled everywhere and
-        // placed again without it (nothing has reached the client yet).
-        let mut refused: Vec<String> = Vec::new();
-        let (placement, used_workers, locations) = loop {
-            let candidates: Vec<WorkerInfo> = self
-                .schedulable_workers()
-                .into_iter()
-                .filter(|w| !refused.contains(&w.id))
-                .collect();
-            let placement = scheduler::place(&graph, &candidates)?;
-            let used_workers = scheduler::workers_of(&placement);
-            // Recorded before launching so a failed launch can be cancelled everywhere.
-            *query.run_slot() = Some(Arc::new(RunInfo {
-                schema: Arc::clone(&schema),
-                stages: Vec::new(),
-                endpoints: Vec::new(),
-                workers: used_workers.clone(),
-                direct: false,
-            }));
-            // Each placement is a new attempt: its tasks and tickets differ
-            // from the cancelled one's, so a late read of that attempt never
-            // takes an output of this one.
-            let attempt = refused.len() as u32;
-            let launched = scheduler::launch_all(
-                &query.id,
-                &graph,
-                &placement,
-                ctx.state().config(),
-                &self.codec,
-                &self.clients,
-                &scheduler::TaskOptions {
-                    attempt,
-                    compression: self.settings.compression.clone(),
-                    lease: self.settings.task_lease,
-                },
-            )
-            .instrument(tracing::info_span!(
-                "launch",
-                stages = graph.stages.len(),
-                tasks = graph.stages.iter().map(|s| s.tasks).sum::<usize>()
-            ))
-            .await;
-            match launched {
-                Ok(locations) => {
-                    // A cancel that came during the launch has cancelled
-                    // and fenced the query on these workers already.
-                    if query.state().is_terminal() {
-                        return Err(Status::cancelled(format!(
-                            "query {} was cancelled while it was being launched",
-                            query.id
-                        )));
-                    }
-                    break (placement, used_workers, locations);
-                }
-                Err(e) if e.avoidable_worker().is_some() && refused.len() < MAX_REPLACEMENTS => {
-                    let worker = e.avoidable_worker().unwrap_or_default().to_string();
-                    tracing::info!(
-                        query_id = %query.id,
-                        %worker,
-                        "{e}; placing the query's tasks again without it"
-                    );
-                    // Fences this attempt only: the next one runs on the
-                    // others. An unreachable worker is not waited for.
-                    let reachable: Vec<(String, String)> = used_workers
-                        .iter()
-                        .filter(|(id, _)| {
-                            *id != worker || matches!(e, ScheduleError::Draining { .. })
-                        })
-                        .cloned()
-                        .collect();
-                    scheduler::cancel_attempts_before(
-                        &self.clients,
-                        &reachable,
-                        query,
-                        attempt + 1,
-                    )
-                    .await;
-                    query.forget_ended_tasks();
-                    refused.push(worker);
-                }
-                Err(e) => return Err(e.into()),
-            }
-            if query.state().is_terminal() {
-                return Err(Status::cancelled(format!(
-                    "query {} was cancelled while it was being launched",
-                    query.id
-                )));
-            }
+        let attempts = Attempts {
+            clients: Arc::clone(&self.clients),
+            codec: self.codec.clone(),
+            members: self.members.clone(),
+            settings: self.settings.clone(),
+            query: Arc::clone(query),
+            graph: Arc::new(graph),
+            config: ctx.state().config().clone(),
         };
-        if query.describe.load(std::sync::atomic::Ordering::SeqCst) {
+        // A draining or unreachable worker found at launch is stepped
+        // around there (nothing has reached the client yet).
+        let mut excluded = Vec::new();
+        let launched = attempts.launch(0, &mut excluded).await?;
+        let graph = Arc::clone(&attempts.graph);
+        let describe = query.describe.load(std::sync::atomic::Ordering::SeqCst);
+        if describe {
             *query.stage_blocks.lock() =
-                crate::planner::explain::stage_blocks(&graph, &placement, false);
+                crate::planner::explain::stage_blocks(&graph, &launched.placement, false);
         }
         {
             use weft_common::telemetry::catalog::{STAGES_LAUNCHED, TASKS_LAUNCHED};
@@ -578,32 +516,46 @@ impl Engine {
             metrics::counter!(TASKS_LAUNCHED.name)
                 .increment(graph.stages.iter().map(|s| s.tasks as u64).sum());
         }
-        let final_stage = graph.final_stage();
-        let final_locations = &locations[final_stage.id as usize];
-        let endpoints = (0..final_stage.split_partitions)
-            .map(|p| {
-                let task = p % final_stage.tasks;
-                let output = p / final_stage.tasks;
-                (final_locations[task].clone(), output as u32)
-            })
-            .collect();
+        let endpoints = launched.endpoints(&graph);
         debug_assert_eq!(
-            final_stage.root.output_partitioning().partition_count(),
-            final_stage.split_partitions
+            graph
+                .final_stage()
+                .root
+                .output_partitioning()
+                .partition_count(),
+            endpoints.len()
         );
+        // EXPLAIN ANALYZE reads its query through the coordinator.
+        let direct = self.settings.direct_results && !describe;
+        let endpoint_count = endpoints.len();
         query.set_running(Arc::new(RunInfo {
             schema,
-            stages: locations,
+            stages: launched.locations.clone(),
             endpoints,
-            workers: used_workers,
-            direct: self.settings.direct_results,
+            workers: launched.workers.clone(),
+            direct,
         }));
-        if self.settings.direct_results {
+        if direct {
+            // Clients read the workers: no fence, so no retry once launched.
             tokio::spawn(follow_direct_query(
                 Arc::clone(&self.clients),
                 Arc::clone(query),
                 self.settings.result_timeout,
             ));
+        } else {
+            let fence = Fence {
+                enabled: self.settings.query_retries > 0 && self.settings.retry_buffer > 0,
+                buffer: self.settings.retry_buffer,
+                hold: self.settings.retry_hold,
+            };
+            let (results, events) = Results::new(endpoint_count, launched.attempt, fence);
+            let results = Arc::new(results);
+            *query.results.lock() = Some(Arc::clone(&results));
+            tokio::spawn(
+                attempts
+                    .supervise(launched, results, events, excluded)
+                    .instrument(query.span()),
+            );
         }
         tracing::info!(
             query_id = %query.id,
@@ -634,60 +586,25 @@ impl Engine {
             }
             _ => {}
         }
-        let run = query.run_info().ok_or_else(|| {
-            Status::failed_precondition(format!("query {query_id} is not running yet"))
-        })?;
-        let (location, output) =
-            run.endpoints
-                .get(endpoint as usize)
-                .cloned()
-                .ok_or_else(|| {
-                    Status::out_of_range(format!("query {query_id} has no endpoint {endpoint}"))
-                })?;
-        let ticket = PartitionTicket {
-            task: Some(TaskId {
-                query_id: query_id.to_string(),
-                stage_id: (run.stages.len() - 1) as u32,
-                task_index: location.task_index,
-                attempt: location.attempt,
-            }),
-            partition: output,
-            grant: None,
-        };
-        let mut client = self
-            .clients
-            .client(&location.address)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let describe = {
-            let location = location.clone();
-            move |s: Status| -> Status {
-                if is_transport_error(&s) {
-                    Status::unavailable(format!(
-                        "worker {} at {} failed while streaming results: {}",
-                        location.worker_id,
-                        location.address,
-                        s.message()
-                    ))
-                } else {
-                    s
-                }
+        let results = query.results.lock().clone().ok_or_else(|| {
+            if query.run_info().is_some_and(|r| r.direct) {
+                Status::failed_precondition(format!(
+                    "query {query_id}'s results are read from the workers (--direct-results): use the endpoints of its FlightInfo"
+                ))
+            } else {
+                Status::failed_precondition(format!("query {query_id} is not running yet"))
             }
-        };
+        })?;
+        let endpoint = endpoint as usize;
+        results
+            .take(endpoint)
+            .map_err(|s| Status::new(s.code(), format!("query {query_id}: {}", s.message())))?;
         let span = tracing::info_span!(
             parent: &query.span(),
             "result_stream",
             query_id = %query_id,
             endpoint,
-            worker = %location.worker_id
         );
-        let request = span.in_scope(|| {
-            weft_common::telemetry::traces::request(Ticket::new(ticket.encode_to_vec()))
-        });
-        let inner = client
-            .do_get(request)
-            .await
-            .map_err(describe.clone())?
-            .into_inner();
         query.stream_opened();
         let guard = StreamGuard {
             clients: Arc::clone(&self.clients),
@@ -696,24 +613,20 @@ impl Engine {
         };
         let sent = ResultCounters::new(span);
         let stream = futures::stream::unfold(
-            (inner, guard, describe, sent),
-            |(mut inner, mut guard, describe, sent)| async move {
+            (results, guard, sent),
+            move |(results, mut guard, sent)| async move {
                 if guard.finished {
                     return None;
                 }
-                match inner.next().await {
+                match results.next(endpoint).await {
                     Some(Ok(data)) => {
                         sent.count(&data);
-                        Some((Ok(data), (inner, guard, describe, sent)))
+                        Some((Ok(data), (results, guard, sent)))
                     }
                     Some(Err(status)) => {
-                        // A query already failed (e.g. a worker left) reports that cause.
-                        let status = match guard.query.state() {
-                            QueryState::Failed(m) => Status::aborted(m),
-                            _ => describe(status),
-                        };
-                        guard.fail(&status);
-                        Some((Err(status), (inner, guard, describe, sent)))
+                        // The supervisor failed (or cancelled) the query already.
+                        guard.finished = true;
+                        Some((Err(status), (results, guard, sent)))
                     }
                     None => {
                         guard.complete();
@@ -771,6 +684,16 @@ impl Engine {
                     "worker {id} at {address} left the cluster (lease expired or shut down) while running query {}",
                     q.id
                 );
+                // The query's supervisor runs it again without the worker,
+                // or fails it if results had left already.
+                if let Some(results) = q.results.lock().clone() {
+                    results.report(Event::Failed {
+                        attempt: results.attempt(),
+                        status: Status::unavailable(message),
+                        suspect: Some(id.clone()),
+                    });
+                    continue;
+                }
                 if q.fail(&Status::unavailable(message.clone())) {
                     tracing::warn!("{message}");
                     scheduler::notify_workers(&self.clients, &run.workers, &q, true).await;
@@ -919,13 +842,6 @@ impl StreamGuard {
         self.finished = true;
         if self.query.endpoint_done() && self.query.transition(QueryState::Finished) {
             self.notify(false);
-        }
-    }
-
-    fn fail(&mut self, status: &Status) {
-        self.finished = true;
-        if self.query.fail(status) {
-            self.notify(true);
         }
     }
 

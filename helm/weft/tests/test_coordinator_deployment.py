@@ -27,7 +27,8 @@ def test_unset_flags_are_not_passed():
 def test_query_limits_from_values():
     values = with_minimal({C: {"maxRunningQueries": 0, "maxQueuedQueries": 50, "queueTimeoutSeconds": 30,
                                "resultTimeoutSeconds": 600, "targetPartitions": 16,
-                               "taskLeaseSeconds": 20,
+                               "taskLeaseSeconds": 20, "queryRetries": 0,
+                               "retryBuffer": "64M", "retryHold": "500ms",
                                "exchangeCompression": "zstd"}})
     f = flags(container(deployment(render(values), C)))
     assert f["max-running-queries"] == "0"  # 0 is a value (no limit), not "unset"
@@ -35,6 +36,9 @@ def test_query_limits_from_values():
     assert f["queue-timeout"] == "30"
     assert f["result-timeout"] == "600"
     assert f["task-lease"] == "20"
+    assert f["query-retries"] == "0"  # 0 is a value (never retry), not "unset"
+    assert f["retry-buffer"] == "64M"
+    assert f["retry-hold"] == "500ms"
     assert f["target-partitions"] == "16"
     assert f["exchange-compression"] == "zstd"
 
