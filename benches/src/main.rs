@@ -13,6 +13,7 @@
 
 mod fedjoin;
 mod pgscan;
+mod recovery;
 mod security;
 mod telemetry;
 
@@ -118,6 +119,21 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         queries: Vec<usize>,
     },
+    /// Exact answers after a lost worker: the output fence's cost
+    /// (--query-retries 2 vs 0, TPC-H and time to the first batch of a
+    /// full scan) and the time from a worker's kill -9 to the right answer.
+    Recovery {
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
+    },
     /// Round trip of `SELECT 1` through Flight SQL.
     Latency {
         #[arg(long, default_value_t = 500)]
@@ -180,6 +196,13 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Cmd::Recovery {
+            scale,
+            data,
+            workers,
+            iterations,
+            queries,
+        } => recovery::recovery(scale, data, workers, iterations, queries).await,
         Cmd::Pgscan {
             pg_url,
             scale,
