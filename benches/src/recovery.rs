@@ -216,7 +216,11 @@ async fn first_batch(
         }
         anyhow::Ok(first)
     });
-    for f in futures::future::try_join_all(reads).await?.into_iter().flatten() {
+    for f in futures::future::try_join_all(reads)
+        .await?
+        .into_iter()
+        .flatten()
+    {
         first = Some(first.map_or(f, |x: Instant| x.min(f)));
     }
     let all = start.elapsed();

@@ -223,6 +223,14 @@ impl Coordinator {
         if config.http_listen.is_some() {
             weft_common::telemetry::register_role(Role::Coordinator);
             weft_common::telemetry::add_gauge_source(&gauges);
+            // Retries are rare: exported at zero from the start.
+            for outcome in crate::query::attempt::RETRY_OUTCOMES {
+                metrics::counter!(
+                    weft_common::telemetry::catalog::QUERY_RETRIES.name,
+                    "outcome" => outcome
+                )
+                .increment(0);
+            }
         }
         let http = match http {
             Some(binding) => {

@@ -694,6 +694,11 @@ impl Engine {
                     });
                     continue;
                 }
+                // Still launching: a launch that cannot reach the worker
+                // places the query again without it.
+                if q.state() == QueryState::Planning {
+                    continue;
+                }
                 if q.fail(&Status::unavailable(message.clone())) {
                     tracing::warn!("{message}");
                     scheduler::notify_workers(&self.clients, &run.workers, &q, true).await;

@@ -47,6 +47,9 @@ const MAX_REPLACEMENTS: usize = 3;
 /// it counts as lost for the next attempt.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `outcome` label values of `weft_coordinator_query_retries_total`.
+pub const RETRY_OUTCOMES: [&str; 2] = ["retried", "failed"];
+
 /// First pause before a retry; doubled for each later one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
