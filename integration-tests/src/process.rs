@@ -482,6 +482,9 @@ pub fn spawn_node(
 pub struct Etcd {
     child: Child,
     pub endpoint: String,
+    /// How it was started, to start it again on the same ports and data.
+    command: Vec<std::ffi::OsString>,
+    health: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -528,25 +531,52 @@ impl Etcd {
                 .arg(&tls.ca)
                 .arg("--client-cert-auth");
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start etcd ({e}): apt-get install etcd-server"))?;
-        let etcd = Self {
-            child,
+        let command: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut etcd = Self {
+            child: spawn_etcd(&command)?,
             endpoint,
+            command,
+            health: format!("127.0.0.1:{health}").parse()?,
             _dir: dir,
         };
-        let addr: SocketAddr = format!("127.0.0.1:{health}").parse()?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !matches!(http_get(addr, "/health").await, Ok((200, _))) {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "etcd did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        etcd.wait_healthy().await?;
         Ok(etcd)
     }
+
+    /// Stops etcd (SIGKILL: as abrupt as a crash); its data stays.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts etcd again on the same ports with the same data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.child = spawn_etcd(&self.command)?;
+        self.wait_healthy().await
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !matches!(http_get(self.health, "/health").await, Ok((200, _))) {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "etcd did not start");
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("etcd exited ({status})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}
+
+fn spawn_etcd(args: &[std::ffi::OsString]) -> anyhow::Result<Child> {
+    Command::new("etcd")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start etcd ({e}): apt-get install etcd-server"))
 }
 
 /// A throwaway CA with a server certificate for 127.0.0.1 and a client
