@@ -178,7 +178,7 @@ impl ProcessCluster {
         let dir = tempfile::Builder::new().prefix("weft-procs-").tempdir()?;
         std::fs::write(dir.path().join("catalogs.toml"), &options.catalogs)?;
         let prefix = format!("/weft-test/{}/workers/", uuid::Uuid::new_v4().simple());
-        let coordinator = start_coordinator(dir.path(), &etcd, &prefix, &options)?;
+        let coordinator = start_coordinator(dir.path(), &etcd, &prefix, &options, "coordinator")?;
         let mut cluster = Self {
             coordinator,
             workers: Vec::new(),
@@ -284,6 +284,39 @@ impl ProcessCluster {
         }
     }
 
+    /// Starts one more coordinator, named `name`, on the same etcd and
+    /// membership as the first (they share the workers); waits until it is
+    /// ready. Read it with [`ProcessCluster::client_of`].
+    pub async fn add_coordinator(&self, name: &str) -> anyhow::Result<Node> {
+        let node = start_coordinator(
+            self.dir.path(),
+            &self.etcd,
+            &self.prefix,
+            &self.options,
+            name,
+        )?;
+        self.wait_ready(&node).await?;
+        Ok(node)
+    }
+
+    /// A Flight SQL client of `coordinator` (one of this cluster's), signed
+    /// in like [`ProcessCluster::client`].
+    pub async fn client_of(
+        &self,
+        coordinator: &Node,
+    ) -> anyhow::Result<arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>>
+    {
+        let url = self.url_of(coordinator);
+        let mut client = match &self.options.tls_ca {
+            Some(ca) => crate::connect_tls(&url, ca).await?,
+            None => crate::connect(&url).await?,
+        };
+        if let Some((user, password)) = &self.options.sign_in {
+            client.handshake(user, password).await?;
+        }
+        Ok(client)
+    }
+
     /// Takes worker `i` out of the cluster's list (after it was killed or
     /// stopped): [`ProcessCluster::wait_members`] then waits for the others
     /// only. Its process is killed if it still runs.
@@ -318,24 +351,22 @@ impl ProcessCluster {
         &self,
     ) -> anyhow::Result<arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>>
     {
-        let mut client = match &self.options.tls_ca {
-            Some(ca) => crate::connect_tls(&self.flight_url(), ca).await?,
-            None => crate::connect(&self.flight_url()).await?,
-        };
-        if let Some((user, password)) = &self.options.sign_in {
-            client.handshake(user, password).await?;
-        }
-        Ok(client)
+        self.client_of(&self.coordinator).await
     }
 
     /// `grpc`-style URL of the coordinator for Flight SQL clients (`http://`).
     pub fn flight_url(&self) -> String {
+        self.url_of(&self.coordinator)
+    }
+
+    /// The Flight SQL URL of one of this cluster's coordinators.
+    fn url_of(&self, coordinator: &Node) -> String {
         let scheme = if self.options.tls_ca.is_some() {
             "https"
         } else {
             "http"
         };
-        format!("{scheme}://{}", self.coordinator.flight)
+        format!("{scheme}://{}", coordinator.flight)
     }
 
     async fn wait_http(&self, node: &Node, path: &str) -> anyhow::Result<()> {
@@ -411,6 +442,7 @@ fn start_coordinator(
     etcd: &str,
     prefix: &str,
     options: &ProcessOptions,
+    name: &str,
 ) -> anyhow::Result<Node> {
     let flight: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
     let http: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
@@ -429,8 +461,8 @@ fn start_coordinator(
     spawn_node(
         cmd,
         &options.env,
-        "coordinator".into(),
-        dir.join("coordinator.log"),
+        name.to_string(),
+        dir.join(format!("{name}.log")),
         flight,
         http,
     )

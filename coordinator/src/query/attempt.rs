@@ -277,11 +277,18 @@ impl Attempts {
                 return;
             }
             let retryable = is_infrastructure(&status);
-            let committed = results.is_committed();
-            if !retryable || committed || retries >= self.settings.query_retries {
+            let next = launched.attempt + 1;
+            // Taking the attempt's results back and refusing its late frames
+            // is one step, so rows cannot slip out between the check and it.
+            let restarted =
+                retryable && retries < self.settings.query_retries && results.restart(next);
+            if !restarted {
+                let committed = results.is_committed();
                 let status = if retryable {
                     metrics::counter!(weft_common::telemetry::catalog::QUERY_RETRIES.name, "outcome" => "failed").increment(1);
-                    let why = if committed {
+                    let why = if self.settings.query_retries == 0 {
+                        "and is not retried (--query-retries 0)".to_string()
+                    } else if committed {
                         "after its first results had been sent".to_string()
                     } else {
                         format!(
@@ -317,7 +324,6 @@ impl Attempts {
                 "attempt failed before any result left ({}); running the query again without the lost workers",
                 status.message()
             );
-            let next = launched.attempt + 1;
             let reachable: Vec<(String, String)> = launched
                 .workers
                 .iter()
@@ -327,7 +333,6 @@ impl Attempts {
             scheduler::cancel_attempts_before(&self.clients, &reachable, &query, next).await;
             query.forget_ended_tasks();
             excluded.extend(lost);
-            results.restart(next);
             // Drops events of the failed attempt still queued.
             while events.try_recv().is_ok() {}
             tokio::select! {
@@ -344,6 +349,9 @@ impl Attempts {
                     return;
                 }
             };
+            // The launch may have stepped around more workers, each time as
+            // a later attempt: take that one's frames (none came yet).
+            results.restart(launched.attempt);
             let endpoints = launched.endpoints(&self.graph);
             *query.run_slot() = Some(Arc::new(RunInfo {
                 schema: self.graph.final_stage().root.schema(),

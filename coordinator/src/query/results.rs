@@ -125,11 +125,14 @@ impl Results {
         self.state.lock().committed
     }
 
-    /// Throws away what `attempt - 1` left and takes frames of `attempt`
-    /// from now on. Only before the fence committed.
-    pub fn restart(&self, attempt: u32) {
+    /// Throws away what earlier attempts left and takes frames of `attempt`
+    /// from now on, unless the fence has committed (then nothing changes and
+    /// it returns false: rows may have left).
+    pub fn restart(&self, attempt: u32) -> bool {
         let mut state = self.state.lock();
-        debug_assert!(!state.committed);
+        if state.committed {
+            return false;
+        }
         state.attempt = attempt;
         state.held_bytes = 0;
         state.first_rows = None;
@@ -140,6 +143,7 @@ impl Results {
         }
         drop(state);
         self.changed();
+        true
     }
 
     /// Lets every held frame go to the clients, and every later one.
@@ -325,7 +329,7 @@ mod tests {
         assert!(results.push(0, 0, frame(10)));
         assert!(ready(&results, 0).await.is_none(), "held");
         // The attempt fails: its frames are dropped, and late ones refused.
-        results.restart(1);
+        assert!(results.restart(1));
         assert!(!results.push(0, 0, frame(10)), "a stale attempt's frame");
         assert!(results.push(1, 0, frame(20)));
         results.end(1, 0);
@@ -348,6 +352,8 @@ mod tests {
         assert!(!results.is_committed());
         assert!(results.push(0, 0, frame(50)));
         assert!(results.is_committed(), "held bytes reached --retry-buffer");
+        assert!(!results.restart(1), "committed rows cannot be taken back");
+        assert_eq!(results.attempt(), 0);
 
         let (results, _events) = Results::new(1, 0, fence(1 << 20, Duration::from_millis(30)));
         assert!(results.hold_deadline().is_none(), "no rows held yet");
