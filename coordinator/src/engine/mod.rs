@@ -1,4 +1,5 @@
-//! The coordinator's query engine: plan, cut, place, launch, stream, cancel.
+//! The coordinator's query engine: admit, plan, cut, cancel; launching,
+//! retrying and holding results back are the query's own ([`crate::query`]).
 //! EXPLAIN and EXPLAIN ANALYZE are answered in [`explain`].
 
 mod explain;
@@ -25,6 +26,7 @@ use weft_common::registry::{Members, WorkerInfo};
 use crate::planner::local_leaves::materialize_local_leaves;
 use crate::planner::stages::cut_stages;
 use crate::queries::{Query, QueryManager, QueryState, RunInfo};
+use crate::query::admission::Admission;
 use crate::query::attempt::Attempts;
 use crate::query::results::{Event, Fence, Results};
 use crate::scheduler::{self, total_slots, ScheduleError};
@@ -112,9 +114,7 @@ pub struct Engine {
     pub codec: WeftCodec,
     pub queries: QueryManager,
     pub settings: EngineSettings,
-    /// Admission: one permit per query allowed to plan and run.
-    admission: Option<Arc<tokio::sync::Semaphore>>,
-    queued: std::sync::atomic::AtomicUsize,
+    admission: Admission,
     /// Set when the coordinator stops (SIGTERM): new queries are refused.
     draining: std::sync::atomic::AtomicBool,
     /// The membership last seen by [`Engine::on_membership_change`].
@@ -160,10 +160,7 @@ impl Engine {
             codec: WeftCodec::new(Arc::clone(&clients)).with_extension(connectors),
             clients,
             queries: QueryManager::default(),
-            admission: settings
-                .max_running_queries
-                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
-            queued: std::sync::atomic::AtomicUsize::new(0),
+            admission: Admission::new(&settings),
             draining: std::sync::atomic::AtomicBool::new(false),
             last_members,
             members,
@@ -378,7 +375,8 @@ impl Engine {
         let admitted = if query.describe.load(std::sync::atomic::Ordering::SeqCst) {
             Ok(())
         } else {
-            self.admit(&query)
+            self.admission
+                .admit(&query)
                 .instrument(tracing::info_span!("admission"))
                 .await
         };
@@ -411,57 +409,6 @@ impl Engine {
                     scheduler::notify_workers(&self.clients, &run.workers, &query, true).await;
                 }
                 Err(status)
-            }
-        }
-    }
-
-    /// Waits (state `queued`) until fewer than `max_running_queries` run;
-    /// the permit lives as long as the query (released when it ends).
-    async fn admit(&self, query: &Query) -> Result<(), Status> {
-        use std::sync::atomic::Ordering;
-        let Some(semaphore) = &self.admission else {
-            return Ok(());
-        };
-        let limit = self.settings.max_running_queries.unwrap_or(0);
-        if let Ok(permit) = Arc::clone(semaphore).try_acquire_owned() {
-            query.hold(vec![Arc::new(permit)]);
-            return Ok(());
-        }
-        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
-        let _queued = scopeguard(|| {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-        });
-        if waiting >= self.settings.max_queued_queries {
-            return Err(Status::resource_exhausted(format!(
-                "query {} refused: {limit} queries are running (--max-running-queries) and {waiting} are queued (--max-queued-queries {}); retry later",
-                query.id, self.settings.max_queued_queries
-            )));
-        }
-        tracing::info!(query_id = %query.id, waiting, "query queued: {limit} queries are running");
-        let timeout = self.settings.queue_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let acquire = Arc::clone(semaphore).acquire_owned();
-        tokio::pin!(acquire);
-        loop {
-            tokio::select! {
-                permit = &mut acquire => {
-                    let permit = permit.map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
-                    query.hold(vec![Arc::new(permit)]);
-                    return Ok(());
-                }
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                    if query.state().is_terminal() {
-                        return Err(Status::cancelled(format!(
-                            "query {} was cancelled while queued", query.id
-                        )));
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(Status::resource_exhausted(format!(
-                            "query {} waited {}s in the queue: {limit} queries are running (--max-running-queries {limit}); retry later, raise the limit or --queue-timeout",
-                            query.id, timeout.as_secs()
-                        )));
-                    }
-                }
             }
         }
     }
@@ -566,9 +513,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Streams result endpoint `endpoint` of a query, forwarding the worker's
-    /// Flight data unchanged. Ends the query when the last endpoint is read;
-    /// cancels it when the client drops the stream early or a task fails.
+    /// Streams result endpoint `endpoint` of a query from its results
+    /// behind the output fence ([`crate::query::results`]): the worker's
+    /// Flight data, unchanged, once it can no longer be taken back. Ends the
+    /// query when the last endpoint is read; cancels it when the client
+    /// drops the stream early.
     pub async fn stream(
         &self,
         query_id: &str,
@@ -788,19 +737,6 @@ impl Drop for StartGuard {
             });
         }
     }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// `weft_coordinator_result_{bytes,rows}_total` of results forwarded to a client.

@@ -1,7 +1,8 @@
-//! What happens to one query once it is planned: attempts placed and
-//! launched on the workers, retried when infrastructure fails under them
-//! ([`attempt`]), and results held behind the output fence until they can no
-//! longer be taken back ([`results`]).
+//! What happens to one query: admitted ([`admission`]), then, once planned,
+//! attempts placed and launched on the workers, retried when infrastructure
+//! fails under them ([`attempt`]), and results held behind the output fence
+//! until they can no longer be taken back ([`results`]).
 
+pub mod admission;
 pub mod attempt;
 pub mod results;
