@@ -80,6 +80,17 @@ async fn files_cluster(
     slots: u32,
     env: Vec<(String, String)>,
 ) -> ProcessCluster {
+    files_cluster_on(None, dir, workers, slots, env).await
+}
+
+/// [`files_cluster`] on the etcd at `etcd` (`None`: the tests' shared one).
+async fn files_cluster_on(
+    etcd: Option<String>,
+    dir: &std::path::Path,
+    workers: usize,
+    slots: u32,
+    env: Vec<(String, String)>,
+) -> ProcessCluster {
     let catalogs = format!(
         "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
         dir.display().to_string()
@@ -91,7 +102,7 @@ async fn files_cluster(
             slots,
             env,
             args: vec![],
-            etcd: None,
+            etcd,
             http: false,
             sign_in: None,
             tls_ca: None,
@@ -206,6 +217,11 @@ async fn script_3() {
     assert_eq!(read.code(), tonic::Code::Aborted, "{read}");
 }
 
+/// A query that computes for seconds (a debug build, SF0.01) before its
+/// only row: a worker can be frozen, or etcd stopped, in the middle of it.
+const SLOW_SQL: &str = "SELECT count(*), sum(a.l_quantity * b.l_discount) FROM lineitem a \
+                        JOIN lineitem b ON a.l_suppkey % 25 = b.l_suppkey % 25";
+
 /// A query that runs long enough to be cancelled at any point of its life.
 const LONG_SQL: &str = "SELECT a.l_orderkey, b.l_partkey FROM lineitem a CROSS JOIN lineitem b";
 
@@ -213,6 +229,23 @@ const LONG_SQL: &str = "SELECT a.l_orderkey, b.l_partkey FROM lineitem a CROSS J
 struct Rng(u64);
 
 impl Rng {
+    /// Seeded from `WEFT_CHAOS_SEED`, else from the clock; the seed is
+    /// printed so a run can be repeated.
+    fn seeded(script: &str) -> (Self, u64) {
+        let seed = std::env::var("WEFT_CHAOS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        println!("{script} seed: {seed} (WEFT_CHAOS_SEED={seed} repeats this run)");
+        (Self(seed), seed)
+    }
+
     fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -243,18 +276,7 @@ async fn s4_cancel_at_random_points_leaves_no_task() {
 async fn script_4() {
     use weft_integration_tests::{eventually, files_catalog, ClusterOptions, TestCluster};
     // 1.
-    let seed = std::env::var("WEFT_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("chaos seed {seed} (WEFT_CHAOS_SEED={seed} repeats this run)");
-    let mut rng = Rng(seed);
+    let (mut rng, _) = Rng::seeded("script 4");
     let cluster = TestCluster::start(
         2,
         ClusterOptions {
@@ -487,18 +509,7 @@ async fn s1_worker_killed_during_each_tpch_query() {
 async fn script_1() {
     use weft_integration_tests::{tpch_query, tpch_single_node};
     // 1.
-    let seed = std::env::var("WEFT_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("script 1 seed: {seed} (WEFT_CHAOS_SEED={seed} repeats this run)");
-    let mut rng = Rng(seed);
+    let (mut rng, seed) = Rng::seeded("script 1");
     let dir = tpch_dir(0.01, 3);
     let mut cluster = files_cluster(dir, 3, 1, vec![]).await;
     let reference = tpch_single_node(dir).await;
@@ -608,8 +619,7 @@ async fn s2_frozen_worker_is_detected_and_the_query_retried() {
 async fn script_2() {
     use weft_integration_tests::{canonical_rows, run_sql, single_node_rows, tpch_single_node};
     // 1.
-    let sql = "SELECT count(*), sum(a.l_quantity * b.l_discount) FROM lineitem a \
-               JOIN lineitem b ON a.l_suppkey % 25 = b.l_suppkey % 25";
+    let sql = SLOW_SQL;
     let dir = tpch_dir(0.01, 3);
     let lease = ("WEFT_TASK_LEASE".to_string(), "4".to_string());
     let cluster = files_cluster(dir, 3, 1, vec![lease]).await;
@@ -707,29 +717,10 @@ async fn script_5() {
     use weft_integration_tests::process::Etcd;
     use weft_integration_tests::{canonical_rows, run_sql, single_node_rows, tpch_single_node};
     // 1.
-    let sql = "SELECT count(*), sum(a.l_quantity * b.l_discount) FROM lineitem a \
-               JOIN lineitem b ON a.l_suppkey % 25 = b.l_suppkey % 25";
+    let sql = SLOW_SQL;
     let dir = tpch_dir(0.01, 3);
     let mut etcd = Etcd::start().await.expect("etcd");
-    let catalogs = format!(
-        "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-        dir.display().to_string()
-    );
-    let cluster = ProcessCluster::start(
-        2,
-        ProcessOptions {
-            catalogs,
-            slots: 1,
-            env: vec![],
-            args: vec![],
-            etcd: Some(etcd.endpoint.clone()),
-            http: false,
-            sign_in: None,
-            tls_ca: None,
-        },
-    )
-    .await
-    .expect("a cluster");
+    let cluster = files_cluster_on(Some(etcd.endpoint.clone()), dir, 2, 1, vec![]).await;
     let want = single_node_rows(&tpch_single_node(dir).await, sql).await;
     let mut client = cluster.client().await.expect("client");
     let started = Instant::now();
