@@ -213,6 +213,8 @@ pub async fn launch_all(
                         // The coordinator cancels no launch call: a cancelled
                         // one had its connection cut (the worker died).
                         || s.code() == tonic::Code::Cancelled
+                        // The worker dropped this attempt with its lost lease.
+                        || weft_common::flight::WorkerLost::from_status(&s).is_some()
                     {
                         ScheduleError::Unreachable {
                             task: task.clone(),

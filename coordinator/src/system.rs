@@ -128,6 +128,7 @@ impl RuntimeTable {
                 Field::new("slots", DataType::UInt32, false),
                 Field::new("version", DataType::Utf8, false),
                 Field::new("state", DataType::Utf8, false),
+                Field::new("epoch", DataType::UInt64, false),
             ],
         };
         Arc::new(Schema::new(fields))
@@ -153,12 +154,14 @@ impl RuntimeTableProvider {
                 let mut slots = UInt32Builder::new();
                 let mut version = StringBuilder::new();
                 let mut state = StringBuilder::new();
+                let mut epoch = UInt64Builder::new();
                 for w in members.iter() {
                     id.append_value(&w.id);
                     address.append_value(&w.address);
                     slots.append_value(w.slots);
                     version.append_value(&w.version);
                     state.append_value(if w.draining { "draining" } else { "active" });
+                    epoch.append_value(w.epoch);
                 }
                 vec![
                     Arc::new(id.finish()),
@@ -166,6 +169,7 @@ impl RuntimeTableProvider {
                     Arc::new(slots.finish()),
                     Arc::new(version.finish()),
                     Arc::new(state.finish()),
+                    Arc::new(epoch.finish()),
                 ]
             }
             RuntimeTable::Queries | RuntimeTable::Stages => {

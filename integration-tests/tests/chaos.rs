@@ -2,7 +2,8 @@
 //! cut off while queries run. Each test is one numbered script:
 //! `s1` a worker killed during each TPC-H query, `s1a` a killed member
 //! stepped around at launch, `s2` a frozen worker, `s3` a killed
-//! coordinator, `s4` cancels at random points, `s5` etcd restarted.
+//! coordinator, `s4` cancels at random points, `s5` etcd restarted, `s6`
+//! two coordinators with one killed, `s7` a lease lost under a live worker.
 //!
 //! `s3_coordinator_kill_leaves_no_task` (script 3 of the fault-tolerance
 //! suite):
@@ -667,21 +668,7 @@ async fn script_2() {
 
     // 4.
     frozen.signal("CONT").expect("SIGCONT");
-    let query_id = {
-        // The log is coloured: drop the escape sequences first.
-        let mut plain = String::new();
-        let mut escape = false;
-        for c in retry.chars() {
-            match c {
-                '\u{1b}' => escape = true,
-                'm' if escape => escape = false,
-                _ if escape => {}
-                _ => plain.push(c),
-            }
-        }
-        let at = plain.find("query_id=").expect("a query id") + "query_id=".len();
-        plain[at..at + 36].to_string()
-    };
+    let query_id = query_id_of(retry);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = tasks_on(frozen.flight, &query_id).await;
@@ -858,4 +845,133 @@ async fn script_6() {
         .collect();
     assert!(wrong.is_empty(), "B's answers after A's kill: {wrong:?}");
     println!("B answered all 22 right; A answered {answered_by_a} before it was killed");
+}
+
+/// Script 7: a worker loses its etcd lease while it lives.
+/// 1. A private etcd, a coordinator (task lease 60 s, so only the epoch
+///    can free the tasks in time) and two workers; a slow query and its
+///    answer from single-node DataFusion.
+/// 2. A third of the way into the query, the lease of worker 1 is revoked
+///    in etcd behind its back (what a partition or a long pause does).
+/// 3. The query's answer is right: the coordinator counts the worker's
+///    new epoch as the loss of the earlier one and runs the query again.
+/// 4. The worker is listed again, as epoch 1; it logged the new epoch and
+///    holds no task of the query's earlier attempt, long before the task
+///    lease could have freed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s7_lease_lost_under_a_live_worker() {
+    tokio::time::timeout(TEST_TIMEOUT, script_7())
+        .await
+        .expect("the test finishes within its timeout");
+}
+
+async fn script_7() {
+    use weft_integration_tests::process::Etcd;
+    use weft_integration_tests::{canonical_rows, run_sql, single_node_rows, tpch_single_node};
+    // 1.
+    let sql = SLOW_SQL;
+    let dir = tpch_dir(0.01, 3);
+    let etcd = Etcd::start().await.expect("etcd");
+    let lease = ("WEFT_TASK_LEASE".to_string(), "60".to_string());
+    let cluster = files_cluster_on(Some(etcd.endpoint.clone()), dir, 2, 1, vec![lease]).await;
+    let want = single_node_rows(&tpch_single_node(dir).await, sql).await;
+    let mut client = cluster.client().await.expect("client");
+    let started = Instant::now();
+    let clean = run_sql(&mut client, sql).await.expect("the clean run");
+    let took = started.elapsed();
+    assert_eq!(canonical_rows(&clean), want, "the clean run's answer");
+    let run = tokio::spawn(async move {
+        let batches = run_sql(&mut client, sql).await?;
+        anyhow::Ok((canonical_rows(&batches), client))
+    });
+
+    // 2.
+    tokio::time::sleep(took / 3).await;
+    let victim = &cluster.workers[1];
+    let mut etcd_client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .expect("connect to etcd");
+    let keys = etcd_client
+        .get("/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .expect("read the membership");
+    let address = format!("http://{}", victim.flight);
+    let registration = keys
+        .kvs()
+        .iter()
+        .find(|kv| kv.value_str().is_ok_and(|v| v.contains(&address)))
+        .unwrap_or_else(|| panic!("no registration of {address} in etcd"));
+    etcd_client
+        .lease_revoke(registration.lease())
+        .await
+        .expect("revoke the worker's lease");
+    let revoked = Instant::now();
+
+    // 3.
+    let (answer, mut client) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the query answers within 60 s")
+        .expect("the query task")
+        .unwrap_or_else(|e| panic!("the query failed: {e:#}"));
+    assert_eq!(answer, want);
+    let answered = revoked.elapsed();
+
+    // 4.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = run_sql(
+            &mut client,
+            &format!("SELECT epoch FROM system.runtime.workers WHERE address = '{address}'"),
+        )
+        .await
+        .map(|b| canonical_rows(&b))
+        .unwrap_or_default();
+        if listed == vec!["1".to_string()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker is listed as {listed:?}, not as epoch 1"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(&victim.log).unwrap();
+    assert!(
+        log.contains("registered again as epoch 1"),
+        "the worker's log:\n{log}"
+    );
+    let coordinator_log = std::fs::read_to_string(&cluster.coordinator.log).unwrap();
+    let query_id = coordinator_log
+        .lines()
+        .rev()
+        .find(|l| l.contains("running the query again without the lost workers"))
+        .map(query_id_of)
+        .unwrap_or_else(|| panic!("no retry in the coordinator's log:\n{coordinator_log}"));
+    assert_eq!(
+        tasks_on(victim.flight, &query_id).await,
+        0,
+        "tasks of {query_id} left on the worker of the new epoch"
+    );
+    println!(
+        "lease revoked at {} ms into a {} ms query; answered right {} ms later; the worker dropped the earlier epoch's tasks at once (task lease 60 s)",
+        (took / 3).as_millis(),
+        took.as_millis(),
+        answered.as_millis()
+    );
+}
+
+/// The query id in a coordinator log line (coloured: escapes dropped).
+fn query_id_of(line: &str) -> String {
+    let mut plain = String::new();
+    let mut escape = false;
+    for c in line.chars() {
+        match c {
+            '\u{1b}' => escape = true,
+            'm' if escape => escape = false,
+            _ if escape => {}
+            _ => plain.push(c),
+        }
+    }
+    let at = plain.find("query_id=").expect("a query id") + "query_id=".len();
+    plain[at..at + 36].to_string()
 }

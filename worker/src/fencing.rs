@@ -10,6 +10,10 @@
 //!   that dies or is cut off stops renewing; when the lease runs out the
 //!   worker cancels the query's tasks, frees their buffers and fences every
 //!   attempt of it.
+//! - Attempts whose tasks were dropped when this worker lost its etcd lease
+//!   (a new epoch) are remembered as lost: a late launch or read of one is
+//!   refused as `Unavailable` naming this worker, so the coordinator runs
+//!   the query again rather than failing it.
 //!
 //! ```text
 //!  coordinator ──launch(lease)──► worker: deadline = now + lease
@@ -32,6 +36,8 @@ pub(crate) struct Fencing {
     fences: Mutex<HashMap<String, (u32, Instant)>>,
     /// query -> (its lease, when it runs out).
     leases: Mutex<HashMap<String, (Duration, Instant)>>,
+    /// (query, attempt) -> (why its tasks were dropped, when).
+    lost: Mutex<HashMap<(String, u32), (String, Instant)>>,
 }
 
 impl Fencing {
@@ -58,6 +64,24 @@ impl Fencing {
             .lock()
             .get(query_id)
             .is_some_and(|(below, _)| *below == u32::MAX || attempt < *below)
+    }
+
+    /// The tasks of `attempt` of `query_id` were dropped for `why` (the
+    /// worker's registration was lost).
+    pub(crate) fn lose(&self, query_id: &str, attempt: u32, why: &str) {
+        let now = Instant::now();
+        let mut lost = self.lost.lock();
+        lost.retain(|_, (_, at)| now.duration_since(*at) < FENCE_MEMORY);
+        lost.insert((query_id.to_string(), attempt), (why.to_string(), now));
+        self.leases.lock().remove(query_id);
+    }
+
+    /// Why `attempt` of `query_id` was dropped here, if it was.
+    pub(crate) fn lost(&self, query_id: &str, attempt: u32) -> Option<String> {
+        self.lost
+            .lock()
+            .get(&(query_id.to_string(), attempt))
+            .map(|(why, _)| why.clone())
     }
 
     /// A task of `query_id` was launched with `lease` (zero: none).
@@ -146,6 +170,18 @@ mod tests {
         assert!(f.expired().is_empty(), "an expired lease is reported once");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(f.expired().len(), 1, "a, no longer renewed");
+    }
+
+    #[test]
+    fn lost_attempts_are_remembered_one_by_one() {
+        let f = Fencing::default();
+        f.launched("q", Duration::from_secs(60));
+        f.lose("q", 1, "epoch 1");
+        assert_eq!(f.lost("q", 1).as_deref(), Some("epoch 1"));
+        assert_eq!(f.lost("q", 2), None, "a later attempt is not lost");
+        assert_eq!(f.lost("other", 1), None);
+        assert!(!f.is_fenced("q", 1), "lost is not cancelled");
+        assert_eq!(f.renew(["q"]), ["q".to_string()], "no lease is left to renew");
     }
 
     #[test]

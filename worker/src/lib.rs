@@ -136,6 +136,24 @@ async fn expire_task_leases(tasks: std::sync::Weak<TaskManager>) {
     }
 }
 
+/// Drops every task when the worker registers again under a new epoch
+/// (its etcd lease was lost while it lived): the coordinators count the
+/// earlier epoch's tasks as lost and run their queries again.
+async fn drop_earlier_epochs(
+    mut epochs: tokio::sync::watch::Receiver<u64>,
+    tasks: std::sync::Weak<TaskManager>,
+) {
+    while epochs.changed().await.is_ok() {
+        let epoch = *epochs.borrow_and_update();
+        match tasks.upgrade() {
+            Some(tasks) => {
+                tasks.drop_epoch(epoch);
+            }
+            None => return,
+        }
+    }
+}
+
 impl Worker {
     /// Binds the listener, serves Flight and registers the worker.
     pub async fn start(
@@ -182,6 +200,7 @@ impl Worker {
             slots: config.slots.max(1),
             version: weft_common::VERSION.to_string(),
             draining: false,
+            epoch: 0,
         };
         let (connectors, errors) = Connectors::from_config(&config.catalogs);
         for e in errors {
@@ -261,6 +280,10 @@ impl Worker {
         };
         let registration: Arc<dyn Registration> = Arc::from(registry.register(info.clone()).await?);
         tracing::info!(worker = %id, address = %info.address, slots = info.slots, "worker registered");
+        tokio::spawn(drop_earlier_epochs(
+            registration.epochs(),
+            Arc::downgrade(&tasks),
+        ));
         let http = match http {
             Some(binding) => {
                 let readiness = Arc::new(WorkerReadiness {

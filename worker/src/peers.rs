@@ -178,6 +178,7 @@ mod tests {
             slots: 1,
             version: String::new(),
             draining: false,
+            epoch: 0,
         }]);
         assert!(
             check_credentials(&clients, "http://127.0.0.1:1", &stale, true, true)

@@ -113,6 +113,7 @@ impl From<TaskError> for Status {
             TaskError::AlreadyConsumed { .. } => Status::failed_precondition(message),
             TaskError::Plan { .. } => Status::invalid_argument(message),
             TaskError::Cancelled { .. } => Status::aborted(message),
+            TaskError::Lost(lost) => lost.to_status(),
         }
     }
 }

@@ -58,6 +58,9 @@ pub enum TaskError {
     Killed { worker: String },
     #[error("weft: task {task} belongs to an attempt of its query that was cancelled on worker {worker}")]
     Cancelled { task: TaskId, worker: String },
+    /// The task's attempt was dropped when the worker lost its etcd lease.
+    #[error("{0}")]
+    Lost(weft_common::flight::WorkerLost),
     #[error("task {task}: {source}")]
     Plan {
         task: TaskId,
@@ -123,6 +126,9 @@ pub struct RunningTask {
     outputs_read: std::sync::atomic::AtomicU32,
     /// The task's trace span, closed when the task ends.
     span: Mutex<Option<tracing::Span>>,
+    /// Why the task was dropped, when the worker's registration was lost:
+    /// its readers get this error (a [`weft_common::flight::WorkerLost`]).
+    lost: Mutex<Option<Arc<DataFusionError>>>,
 }
 
 #[derive(Debug)]
@@ -343,11 +349,28 @@ impl RunningTask {
         self.producers.lock().abort_all();
         for o in &self.outputs {
             if let Output::Replay(r) = o {
-                r.finish(Err(Arc::new(DataFusionError::Execution(format!(
+                r.finish(Err(self.cut_short(format!(
                     "weft: task {} was stopped before finishing (query cancelled or worker stopping)",
                     self.id
-                )))));
+                ))));
             }
+        }
+    }
+
+    /// Stops the task because the worker's registration was lost: its
+    /// readers are told the worker is lost, not that the query was
+    /// cancelled.
+    fn drop_lost(&self, lost: weft_common::flight::WorkerLost) {
+        *self.lost.lock() = Some(Arc::new(DataFusionError::External(Box::new(lost))));
+        self.cancel();
+    }
+
+    /// The error a reader of an output cut short gets: the loss, if the
+    /// task was dropped for one, else `message`.
+    fn cut_short(&self, message: String) -> Arc<DataFusionError> {
+        match &*self.lost.lock() {
+            Some(lost) => Arc::clone(lost),
+            None => Arc::new(DataFusionError::Execution(message)),
         }
     }
 }
@@ -602,12 +625,17 @@ impl TaskManager {
             outputs_opened: Default::default(),
             outputs_read: Default::default(),
             span: Mutex::new(Some(span.clone())),
+            lost: Mutex::new(None),
         });
         {
             let mut tasks = self.tasks.lock();
             // Checked under the task lock: a cancel fences first, then
             // removes tasks under this lock, so a launch either sees the
             // fence or is removed by the cancel.
+            if let Some(why) = self.fencing.lost(&id.query_id, id.attempt) {
+                tracing::info!(task = %id, "launch refused: its attempt was dropped here ({why})");
+                return Err(TaskError::Lost(self.lost(why)));
+            }
             if self.fencing.is_fenced(&id.query_id, id.attempt) {
                 tracing::info!(task = %id, "launch refused: its attempt was cancelled here");
                 return Err(TaskError::Cancelled {
@@ -656,7 +684,9 @@ impl TaskManager {
             });
         }
         let task = self.tasks.lock().get(&key(id)).cloned().ok_or_else(|| {
-            if self.fencing.is_fenced(&id.query_id, id.attempt) {
+            if let Some(why) = self.fencing.lost(&id.query_id, id.attempt) {
+                TaskError::Lost(self.lost(why))
+            } else if self.fencing.is_fenced(&id.query_id, id.attempt) {
                 TaskError::Cancelled {
                     task: id.clone(),
                     worker: self.worker_id.clone(),
@@ -714,10 +744,10 @@ impl TaskManager {
                         task.output_read();
                         None
                     } else {
-                        Some(Err(DataFusionError::Execution(format!(
+                        Some(Err(DataFusionError::Shared(task.cut_short(format!(
                             "weft: task {} on worker {worker} stopped before finishing output {partition} (query cancelled or worker stopping)",
                             task.id
-                        ))))
+                        )))))
                     }
                 })
                 .filter_map(futures::future::ready);
@@ -775,6 +805,47 @@ impl TaskManager {
             );
         }
         statuses
+    }
+
+    /// This worker lost `why`, as its readers are told.
+    fn lost(&self, why: String) -> weft_common::flight::WorkerLost {
+        weft_common::flight::WorkerLost {
+            worker_id: self.worker_id.clone(),
+            address: self.local.address().to_string(),
+            message: why,
+        }
+    }
+
+    /// The worker lost its etcd lease while alive and registered again as
+    /// `epoch`: coordinators count its earlier tasks as lost and run their
+    /// queries again, so every task is dropped now (rather than when its
+    /// task lease runs out) and its attempt remembered as lost. Returns
+    /// how many tasks were dropped.
+    pub fn drop_epoch(&self, epoch: u64) -> usize {
+        let why = format!(
+            "worker {} at {} lost its etcd lease (a partition or a pause) and registered again as epoch {epoch}: its tasks of the earlier epoch were dropped",
+            self.worker_id,
+            self.local.address()
+        );
+        let dropped: Vec<Arc<RunningTask>> = {
+            let mut tasks = self.tasks.lock();
+            for (query_id, attempt, _, _) in tasks.keys() {
+                self.fencing.lose(query_id, *attempt, &why);
+            }
+            tasks.drain().map(|(_, t)| t).collect()
+        };
+        let catalogs = self.file_catalogs.lock().clone();
+        for t in &dropped {
+            t.record_final_metrics(&catalogs);
+            t.drop_lost(self.lost(why.clone()));
+        }
+        tracing::warn!(
+            worker = %self.worker_id,
+            epoch,
+            tasks = dropped.len(),
+            "registered again after losing the etcd lease: the tasks of the earlier epoch are dropped"
+        );
+        dropped.len()
     }
 
     /// Forgets a finished query (same effect as cancel, without logging

@@ -68,6 +68,11 @@ impl LocalExchange {
         }
     }
 
+    /// The Flight address of the worker this exchange serves.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// Whether `location` is a task of this worker (same id and address).
     pub fn serves(&self, location: &TaskLocation) -> bool {
         location.worker_id == self.worker_id && location.address == self.address

@@ -10,6 +10,14 @@
 //! runtime and etcd connection: query work saturating the process's runtime
 //! (DataFusion operators are CPU-bound) must not delay the renewals until
 //! the lease expires under a live worker.
+//!
+//! When a renewal fails, the worker asks etcd about its lease once etcd
+//! answers. A lease that outlived the interruption (etcd restarted, one
+//! renewal lost) is kept and nothing changes. A lease that expired means
+//! the worker was out of the membership while it lived (a partition, a
+//! pause longer than the TTL): it registers under a new lease as the next
+//! epoch ([`WorkerInfo::epoch`], [`Registration::epochs`]) and drops the
+//! tasks of the earlier one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -340,6 +348,8 @@ struct EtcdRegistration {
     lease: Arc<Mutex<i64>>,
     /// Why the keep-alive is failing, while it is.
     trouble: Arc<Mutex<Option<String>>>,
+    /// The registration's epoch ([`WorkerInfo::epoch`]).
+    epoch: Arc<watch::Sender<u64>>,
     /// Stops the keep-alive thread (on drop or revoke).
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
@@ -399,6 +409,10 @@ impl Registration for EtcdRegistration {
             Some(reason) => Err(reason.clone()),
         }
     }
+
+    fn epochs(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
 }
 
 async fn put_with_new_lease(
@@ -457,6 +471,7 @@ fn spawn_keepalive(
     info: Arc<Mutex<WorkerInfo>>,
     lease: Arc<Mutex<i64>>,
     trouble: Arc<Mutex<Option<String>>>,
+    epoch: Arc<watch::Sender<u64>>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -468,7 +483,7 @@ fn spawn_keepalive(
             runtime.block_on(async move {
                 tokio::select! {
                     _ = stop => {}
-                    _ = keepalive_loop(settings, info, lease, trouble) => {}
+                    _ = keepalive_loop(settings, info, lease, trouble, epoch) => {}
                 }
             })
         })?;
@@ -480,6 +495,7 @@ async fn keepalive_loop(
     info: Arc<Mutex<WorkerInfo>>,
     lease: Arc<Mutex<i64>>,
     trouble: Arc<Mutex<Option<String>>>,
+    epoch: Arc<watch::Sender<u64>>,
 ) {
     use crate::telemetry::catalog::{LEASE_FAILURES, LEASE_RENEWALS};
     // This runtime's own connection (a client's channel lives on the
@@ -537,21 +553,57 @@ async fn keepalive_loop(
                 settings.display()
             );
         }
-        // Re-register under a fresh lease once etcd answers again.
+        // Once etcd answers again: a lease that is still alive (etcd
+        // restarted, a renewal lost) is kept; a lease that is gone means
+        // the worker was out of the membership for a while, so it
+        // registers under a fresh lease as the next epoch.
         let mut backoff = Duration::from_millis(200);
+        let mut lost = false;
         loop {
-            let current = info.lock().clone();
-            match put_with_new_lease(&mut client, &settings, &current).await {
-                Ok(new_id) => {
-                    *lease.lock() = new_id;
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(%worker, "{e}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+            let old = *lease.lock();
+            if !lost {
+                match client.lease_time_to_live(old, None).await {
+                    Ok(resp) if resp.ttl() > 0 => {
+                        let current = info.lock().clone();
+                        match put_registration(&mut client, &settings, &current, old).await {
+                            Ok(()) => {
+                                tracing::info!(%worker, "the etcd lease outlived the interruption; registration kept");
+                                break;
+                            }
+                            Err(e) => tracing::error!(%worker, "{e}; retrying in {backoff:?}"),
+                        }
+                    }
+                    Ok(_) => lost = true,
+                    Err(e) => tracing::error!(
+                        %worker,
+                        "asking etcd at {} about the lease: {e}; retrying in {backoff:?}",
+                        settings.display()
+                    ),
                 }
             }
+            if lost {
+                let next = {
+                    let mut info = info.lock();
+                    info.epoch = epoch.borrow().saturating_add(1);
+                    info.clone()
+                };
+                match put_with_new_lease(&mut client, &settings, &next).await {
+                    Ok(new_id) => {
+                        *lease.lock() = new_id;
+                        tracing::warn!(
+                            %worker,
+                            epoch = next.epoch,
+                            "the etcd lease had expired: registered again as epoch {}; the tasks of the earlier epoch are dropped",
+                            next.epoch
+                        );
+                        epoch.send_replace(next.epoch);
+                        break;
+                    }
+                    Err(e) => tracing::error!(%worker, "{e}; retrying in {backoff:?}"),
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }
@@ -564,12 +616,14 @@ impl Registry for EtcdRegistry {
         let lease = Arc::new(Mutex::new(lease_id));
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let trouble = Arc::new(Mutex::new(None));
+        let epoch = Arc::new(watch::channel(info.epoch).0);
         let info = Arc::new(Mutex::new(info));
         spawn_keepalive(
             self.settings.clone(),
             Arc::clone(&info),
             Arc::clone(&lease),
             Arc::clone(&trouble),
+            Arc::clone(&epoch),
             stopped,
         )
         .map_err(|e| RegistryError::Operation {
@@ -583,6 +637,7 @@ impl Registry for EtcdRegistry {
             info,
             lease,
             trouble,
+            epoch,
             stop: Mutex::new(Some(stop)),
         }))
     }

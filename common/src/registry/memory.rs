@@ -101,6 +101,7 @@ mod tests {
             id: id.into(),
             address: format!("http://{id}:1"),
             slots: 2,
+            epoch: 0,
             version: "t".into(),
             draining: false,
         }

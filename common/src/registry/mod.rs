@@ -35,6 +35,16 @@ pub struct WorkerInfo {
     /// its tasks and serves their outputs, but no new task is placed on it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// How many times this worker lost its etcd lease while alive (a
+    /// partition, a pause) and registered again. Tasks launched before a
+    /// change are dropped by the worker, and coordinators treat a change
+    /// as the loss of the earlier epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl WorkerInfo {
@@ -78,6 +88,14 @@ pub trait Registration: Send + Sync + std::fmt::Debug {
     /// unreachable, lease lost and not yet re-registered).
     fn health(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// The worker's epoch ([`WorkerInfo::epoch`]); it changes when the
+    /// registration was lost while the worker lived and was made again.
+    /// A backend that cannot lose a live registration never changes it
+    /// (the channel's sender is gone).
+    fn epochs(&self) -> watch::Receiver<u64> {
+        watch::channel(0).1
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod explain;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -610,29 +610,50 @@ impl Engine {
         }
     }
 
-    /// Fails running queries that used a worker which left the membership.
+    /// Fails running queries that used a worker which left the membership,
+    /// or which registered again under a new epoch (it lost its etcd lease
+    /// while alive and dropped the earlier epoch's tasks).
     pub async fn on_membership_change(&self, members: &Members) {
-        let live: HashSet<&str> = members.iter().map(|w| w.id.as_str()).collect();
         let previous = std::mem::replace(&mut *self.last_members.lock(), Arc::clone(members));
-        for gone in previous.iter().filter(|w| !live.contains(w.id.as_str())) {
-            if gone.draining {
-                tracing::info!(worker = %gone.id, "worker left after draining");
-            } else {
-                metrics::counter!(weft_common::telemetry::catalog::WORKERS_LOST.name).increment(1);
-                tracing::warn!(worker = %gone.id, address = %gone.address, "worker lost: it left without draining (died or its lease expired)");
+        let epochs: HashMap<&str, u64> = members.iter().map(|w| (w.id.as_str(), w.epoch)).collect();
+        let mut lost: HashMap<&str, String> = HashMap::new();
+        for before in previous.iter() {
+            match epochs.get(before.id.as_str()) {
+                None if before.draining => {
+                    tracing::info!(worker = %before.id, "worker left after draining");
+                }
+                None => {
+                    metrics::counter!(weft_common::telemetry::catalog::WORKERS_LOST.name).increment(1);
+                    tracing::warn!(worker = %before.id, address = %before.address, "worker lost: it left without draining (died or its lease expired)");
+                }
+                Some(&epoch) if epoch != before.epoch => {
+                    metrics::counter!(weft_common::telemetry::catalog::WORKERS_LOST.name).increment(1);
+                    tracing::warn!(worker = %before.id, address = %before.address, epoch, "worker registered again as epoch {epoch} after losing its lease: its tasks of epoch {} are lost", before.epoch);
+                    lost.insert(
+                        &before.id,
+                        format!("lost its etcd lease and registered again as epoch {epoch}, dropping its tasks"),
+                    );
+                }
+                Some(_) => {}
             }
         }
         for q in self.queries.active() {
             let Some(run) = q.run_info() else { continue };
-            if let Some((id, address)) = run
+            if let Some((id, address, what)) = run
                 .workers
                 .iter()
-                .find(|(id, _)| !live.contains(id.as_str()))
+                .find_map(|(id, address)| {
+                    let what = match lost.get(id.as_str()) {
+                        Some(what) => what.clone(),
+                        None if !epochs.contains_key(id.as_str()) => {
+                            "left the cluster (lease expired or shut down)".to_string()
+                        }
+                        None => return None,
+                    };
+                    Some((id, address, what))
+                })
             {
-                let message = format!(
-                    "worker {id} at {address} left the cluster (lease expired or shut down) while running query {}",
-                    q.id
-                );
+                let message = format!("worker {id} at {address} {what} while running query {}", q.id);
                 // The query's supervisor runs it again without the worker,
                 // or fails it if results had left already.
                 if let Some(results) = q.results.lock().clone() {
