@@ -204,7 +204,7 @@ impl RuntimeTableProvider {
                             }
                             elapsed.append_value(q.elapsed().as_millis() as i64);
                             stages.append_value(p.stages.len() as u32);
-                            let sum = |f: fn(&crate::queries::StageProgress) -> usize| {
+                            let sum = |f: fn(&crate::query::progress::StageProgress) -> usize| {
                                 p.stages.iter().map(f).sum::<usize>() as u64
                             };
                             total.append_value(sum(|s| s.tasks_total));

@@ -2,7 +2,7 @@
 //! cut off while queries run. Each test is one numbered script:
 //! `s1` a worker killed during each TPC-H query, `s1a` a killed member
 //! stepped around at launch, `s2` a frozen worker, `s3` a killed
-//! coordinator, `s4` cancels at random points, `s5` etcd restarted, `s6`
+//! coordinator, `s4` cancels at random points (`s4a`: during planning), `s5` etcd restarted, `s6`
 //! two coordinators with one killed, `s7` a lease lost under a live worker.
 //!
 //! `s3_coordinator_kill_leaves_no_task` (script 3 of the fault-tolerance
@@ -272,6 +272,116 @@ async fn s4_cancel_at_random_points_leaves_no_task() {
     tokio::time::timeout(TEST_TIMEOUT, script_4())
         .await
         .expect("the test finishes within its timeout");
+}
+
+/// `s4a_cancel_stops_planning_at_once` (script 4, the planning point made
+/// deterministic):
+/// 1. A cluster with a `postgres` catalog whose server accepts connections
+///    and never answers (connect timeout 60 s), so planning a query over it
+///    waits on the catalog's schema lookup.
+/// 2. A query over it is started; once `system.runtime.queries` lists it
+///    as `planning`, it is cancelled by id (as an administrator, or the
+///    coordinator's drain, would).
+/// 3. Its GetFlightInfo ends `Cancelled` within 2 s (not when the connect
+///    timeout gives up), and the query is `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s4a_cancel_stops_planning_at_once() {
+    tokio::time::timeout(TEST_TIMEOUT, script_4a())
+        .await
+        .expect("the test finishes within its timeout");
+}
+
+async fn script_4a() {
+    use weft_integration_tests::pg::{batch_rows, catalogs, postgres_catalog};
+    use weft_integration_tests::TestCluster;
+    // 1.
+    // Nothing listens while the cluster starts (its catalog check fails
+    // fast); the mute server takes the port before the query.
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap().port()
+    };
+    let mut mute = postgres_catalog(&format!("postgresql://weft:secret@127.0.0.1:{port}/x"));
+    mute.connect_timeout = Duration::from_secs(60);
+    let cluster = TestCluster::start(
+        2,
+        weft_integration_tests::ClusterOptions {
+            catalogs: catalogs(vec![("mute", mute)]),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a cluster");
+    let engine = std::sync::Arc::clone(cluster.coordinator.engine());
+    let silent = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the mute server's port is still free");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let t0 = Instant::now();
+
+    // 2.
+    let started = tokio::spawn({
+        let engine = std::sync::Arc::clone(&engine);
+        async move {
+            engine
+                .start_query(
+                    "SELECT * FROM mute.public.t",
+                    &weft_coordinator::auth::Identity::open(),
+                )
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let query_id = loop {
+        let rows = batch_rows(
+            &cluster
+                .query("SELECT query_id FROM system.runtime.queries WHERE state = 'planning' AND sql LIKE '%mute.public.t%'")
+                .await
+                .expect("system.runtime.queries"),
+        );
+        if let Some(row) = rows.first() {
+            break row[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the query never showed as planning"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let cancelled_at = Instant::now();
+    assert!(engine
+        .cancel(&query_id, &weft_coordinator::auth::Identity::open())
+        .await
+        .expect("cancel"));
+
+    // 3.
+    let outcome = tokio::time::timeout(Duration::from_secs(2), started)
+        .await
+        .expect("planning goes on after the cancel")
+        .expect("the query task");
+    let status = outcome.expect_err("a cancelled query does not start");
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status}");
+    assert!(status.message().contains("planned"), "{status}");
+    let state = batch_rows(
+        &cluster
+            .query(&format!(
+                "SELECT state FROM system.runtime.queries WHERE query_id = '{query_id}'"
+            ))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(state, vec![vec!["cancelled".to_string()]]);
+    println!(
+        "planning stopped {} ms after the cancel ({} ms after the query started)",
+        cancelled_at.elapsed().as_millis(),
+        t0.elapsed().as_millis()
+    );
+    held.abort();
 }
 
 async fn script_4() {

@@ -181,7 +181,11 @@ mod tests {
         assert_eq!(f.lost("q", 2), None, "a later attempt is not lost");
         assert_eq!(f.lost("other", 1), None);
         assert!(!f.is_fenced("q", 1), "lost is not cancelled");
-        assert_eq!(f.renew(["q"]), ["q".to_string()], "no lease is left to renew");
+        assert_eq!(
+            f.renew(["q"]),
+            ["q".to_string()],
+            "no lease is left to renew"
+        );
     }
 
     #[test]

@@ -143,6 +143,24 @@ impl From<ScheduleError> for Status {
     }
 }
 
+/// Runs a planning step of `query` unless the query is cancelled first:
+/// then the step is dropped at once, stopping what it was waiting for
+/// (Parquet footers, a source database's schema or `EXPLAIN`, a remote
+/// query of a key filter), and nothing after it starts.
+async fn unless_cancelled<T>(
+    query: &Query,
+    step: impl std::future::Future<Output = Result<T, DataFusionError>>,
+) -> Result<T, Status> {
+    tokio::select! {
+        biased;
+        _ = query.token.cancelled() => Err(Status::cancelled(format!(
+            "query {} was cancelled while it was being planned",
+            query.id
+        ))),
+        result = step => result.map_err(datafusion_to_status),
+    }
+}
+
 impl Engine {
     pub fn new(
         ctx: SessionContext,
@@ -418,16 +436,19 @@ impl Engine {
         if workers.is_empty() {
             return Err(ScheduleError::NoWorkers.into());
         }
-        let (ctx, plan) = self
-            .plan(&query.sql, &query.identity)
-            .instrument(tracing::info_span!("planning"))
-            .await
-            .map_err(datafusion_to_status)?;
+        let (ctx, plan) = unless_cancelled(
+            query,
+            self.plan(&query.sql, &query.identity)
+                .instrument(tracing::info_span!("planning")),
+        )
+        .await?;
         // Exported snapshots must stay open until every split has started.
         query.hold(weft_connectors::keep_alives(&plan));
-        let plan = materialize_local_leaves(plan, ctx.task_ctx(), &self.codec)
-            .await
-            .map_err(datafusion_to_status)?;
+        let plan = unless_cancelled(
+            query,
+            materialize_local_leaves(plan, ctx.task_ctx(), &self.codec),
+        )
+        .await?;
         let plan = plain_string_output(plan).map_err(datafusion_to_status)?;
         let schema = plan.schema();
         let max_tasks = self
@@ -623,11 +644,13 @@ impl Engine {
                     tracing::info!(worker = %before.id, "worker left after draining");
                 }
                 None => {
-                    metrics::counter!(weft_common::telemetry::catalog::WORKERS_LOST.name).increment(1);
+                    metrics::counter!(weft_common::telemetry::catalog::WORKERS_LOST.name)
+                        .increment(1);
                     tracing::warn!(worker = %before.id, address = %before.address, "worker lost: it left without draining (died or its lease expired)");
                 }
                 Some(&epoch) if epoch != before.epoch => {
-                    metrics::counter!(weft_common::telemetry::catalog::WORKERS_LOST.name).increment(1);
+                    metrics::counter!(weft_common::telemetry::catalog::WORKERS_LOST.name)
+                        .increment(1);
                     tracing::warn!(worker = %before.id, address = %before.address, epoch, "worker registered again as epoch {epoch} after losing its lease: its tasks of epoch {} are lost", before.epoch);
                     lost.insert(
                         &before.id,
@@ -639,21 +662,20 @@ impl Engine {
         }
         for q in self.queries.active() {
             let Some(run) = q.run_info() else { continue };
-            if let Some((id, address, what)) = run
-                .workers
-                .iter()
-                .find_map(|(id, address)| {
-                    let what = match lost.get(id.as_str()) {
-                        Some(what) => what.clone(),
-                        None if !epochs.contains_key(id.as_str()) => {
-                            "left the cluster (lease expired or shut down)".to_string()
-                        }
-                        None => return None,
-                    };
-                    Some((id, address, what))
-                })
-            {
-                let message = format!("worker {id} at {address} {what} while running query {}", q.id);
+            if let Some((id, address, what)) = run.workers.iter().find_map(|(id, address)| {
+                let what = match lost.get(id.as_str()) {
+                    Some(what) => what.clone(),
+                    None if !epochs.contains_key(id.as_str()) => {
+                        "left the cluster (lease expired or shut down)".to_string()
+                    }
+                    None => return None,
+                };
+                Some((id, address, what))
+            }) {
+                let message = format!(
+                    "worker {id} at {address} {what} while running query {}",
+                    q.id
+                );
                 // The query's supervisor runs it again without the worker,
                 // or fails it if results had left already.
                 if let Some(results) = q.results.lock().clone() {

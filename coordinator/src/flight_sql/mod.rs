@@ -260,7 +260,7 @@ fn direct_flight_info(
 /// from it.
 pub const QUERY_PROGRESS_ACTION: &str = "weft.query_progress";
 
-fn progress_json(query: &Query, progress: &crate::queries::QueryProgress) -> Vec<u8> {
+fn progress_json(query: &Query, progress: &crate::query::progress::QueryProgress) -> Vec<u8> {
     let stages = &progress.stages;
     let value = serde_json::json!({
         "state": progress.state,

@@ -25,7 +25,7 @@ use weft_common::exchange::ReaderMode;
 use weft_common::registry::WorkerInfo;
 
 use super::stages::{collect_readers, StageGraph, StageKind};
-use crate::queries::QueryProgress;
+use crate::query::progress::QueryProgress;
 
 /// Renders `graph`, placed as `placement` (worker of every task of every
 /// stage), final stage first; `verbose` (EXPLAIN VERBOSE) shows operators in
