@@ -45,6 +45,9 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REFUSAL_METADATA: &str = "weft-refusal";
 /// [`REFUSAL_METADATA`] value of a draining worker.
 pub const REFUSAL_DRAINING: &str = "draining";
+/// [`REFUSAL_METADATA`] value of a worker running as many queries as its
+/// `--max-queries` allows: launch the query again later.
+pub const REFUSAL_BUSY: &str = "busy";
 
 /// Whether `status` is a launch refused by a draining worker (retry elsewhere).
 pub fn is_draining_refusal(status: &tonic::Status) -> bool {
@@ -52,6 +55,15 @@ pub fn is_draining_refusal(status: &tonic::Status) -> bool {
         .metadata()
         .get(REFUSAL_METADATA)
         .is_some_and(|v| v.as_bytes() == REFUSAL_DRAINING.as_bytes())
+}
+
+/// Whether `status` is a launch refused by a worker at its `--max-queries`
+/// limit (retry the launch later, on the same workers or others).
+pub fn is_busy_refusal(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(REFUSAL_METADATA)
+        .is_some_and(|v| v.as_bytes() == REFUSAL_BUSY.as_bytes())
 }
 
 /// Largest gRPC message Weft accepts (plans and large batches).

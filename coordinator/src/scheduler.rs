@@ -52,6 +52,14 @@ pub enum ScheduleError {
         address: String,
         message: String,
     },
+    /// The worker runs as many queries as its `--max-queries` allows.
+    #[error("cannot launch task {task} on worker {worker} at {address}: {message}")]
+    Busy {
+        task: TaskId,
+        worker: String,
+        address: String,
+        message: String,
+    },
     #[error("cannot encode the plan of stage {stage}: {message}")]
     Encode { stage: u32, message: String },
 }
@@ -203,7 +211,14 @@ pub async fn launch_all(
                     message,
                 };
                 let body = result.map_err(|s| {
-                    if weft_common::flight::is_draining_refusal(&s) {
+                    if weft_common::flight::is_busy_refusal(&s) {
+                        ScheduleError::Busy {
+                            task: task.clone(),
+                            worker: worker.id.clone(),
+                            address: worker.address.clone(),
+                            message: s.message().to_string(),
+                        }
+                    } else if weft_common::flight::is_draining_refusal(&s) {
                         ScheduleError::Draining {
                             task: task.clone(),
                             worker: worker.id.clone(),
@@ -240,14 +255,14 @@ pub async fn launch_all(
     }
     // Every launch is answered before returning, so a caller that cancels
     // the query after an error cancels every task that was accepted. A
-    // refusal by a draining worker or an unreachable one is reported only
+    // refusal by a draining, busy or unreachable worker is reported only
     // when nothing else failed (the caller recovers from those by placing
-    // the query again without that worker).
+    // the query again without that worker, or later).
     let mut avoidable = None;
     for result in futures::future::join_all(launches).await {
         match result {
             Ok(()) => {}
-            Err(e) if e.avoidable_worker().is_some() => {
+            Err(e) if e.avoidable_worker().is_some() || matches!(e, ScheduleError::Busy { .. }) => {
                 avoidable.get_or_insert(e);
             }
             Err(e) => return Err(e),

@@ -2,8 +2,9 @@
 //! cut off while queries run. Each test is one numbered script:
 //! `s1` a worker killed during each TPC-H query, `s1a` a killed member
 //! stepped around at launch, `s2` a frozen worker, `s3` a killed
-//! coordinator, `s4` cancels at random points (`s4a`: during planning), `s5` etcd restarted, `s6`
-//! two coordinators with one killed, `s7` a lease lost under a live worker.
+//! coordinator, `s4` cancels at random points (`s4a`: during planning),
+//! `s5` etcd restarted, `s6` two coordinators with one killed (`s6a`:
+//! worker query slots across them), `s7` a lease lost under a live worker.
 //!
 //! `s3_coordinator_kill_leaves_no_task` (script 3 of the fault-tolerance
 //! suite):
@@ -955,6 +956,158 @@ async fn script_6() {
         .collect();
     assert!(wrong.is_empty(), "B's answers after A's kill: {wrong:?}");
     println!("B answered all 22 right; A answered {answered_by_a} before it was killed");
+}
+
+/// Script 6a: worker-side query slots hold across coordinators.
+/// 1. Two coordinators on one etcd, two workers with `--max-queries 1`
+///    (one slot each); the 22 TPC-H answers from single-node DataFusion.
+/// 2. A runs q1-q11 while B runs q12-q22, so their queries collide on the
+///    workers; each worker's `weft_worker_queries` is sampled throughout.
+/// 3. All 22 answers are right, no worker ever held tasks of two queries,
+///    and the workers did refuse launches (the limit was exercised, and
+///    the coordinators launched the refused queries again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s6a_worker_query_limit_holds_across_coordinators() {
+    tokio::time::timeout(Duration::from_secs(400), script_6a())
+        .await
+        .expect("the test finishes within its timeout");
+}
+
+async fn script_6a() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use weft_integration_tests::process::http_get;
+    use weft_integration_tests::{tpch_query, tpch_single_node};
+    // 1.
+    let dir = tpch_dir(0.01, 3);
+    let catalogs = format!(
+        "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
+        dir.display().to_string()
+    );
+    let cluster = ProcessCluster::start(
+        2,
+        ProcessOptions {
+            catalogs,
+            slots: 1,
+            env: vec![("WEFT_MAX_QUERIES".to_string(), "1".to_string())],
+            args: vec![],
+            etcd: None,
+            http: true,
+            sign_in: None,
+            tls_ca: None,
+        },
+    )
+    .await
+    .expect("a cluster");
+    let b = cluster
+        .add_coordinator("coordinator-b")
+        .await
+        .expect("coordinator B");
+    let reference = tpch_single_node(dir).await;
+    let mut expected = Vec::new();
+    for q in 1..=22 {
+        let text = tpch_query(q);
+        let mut want = weft_integration_tests::single_node_rows(&reference, &text).await;
+        if !text.to_lowercase().contains("order by") {
+            want.sort();
+        }
+        expected.push(want);
+    }
+
+    // 2.
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let samples = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let workers: Vec<std::net::SocketAddr> = cluster.workers.iter().map(|w| w.http).collect();
+        let (done, peak, samples) = (Arc::clone(&done), Arc::clone(&peak), Arc::clone(&samples));
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                for w in &workers {
+                    let Ok((200, text)) = http_get(*w, "/metrics").await else {
+                        continue;
+                    };
+                    let queries = text
+                        .lines()
+                        .find(|l| {
+                            l.strip_prefix("weft_worker_queries")
+                                .is_some_and(|rest| rest.starts_with([' ', '{']))
+                        })
+                        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                        .expect("weft_worker_queries is exported");
+                    peak.fetch_max(queries as u64, Ordering::SeqCst);
+                    samples.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let run = |mut client: arrow_flight::sql::client::FlightSqlServiceClient<Channel>,
+               queries: std::ops::RangeInclusive<usize>| async move {
+        let mut answers = Vec::new();
+        for q in queries {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(90),
+                tpch_rows(&mut client, &tpch_query(q)),
+            )
+            .await;
+            answers.push(match answer {
+                Ok(Ok(rows)) => Ok(rows),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(_) => Err("no answer within 90 s".to_string()),
+            });
+        }
+        answers
+    };
+    let started = Instant::now();
+    let on_a = tokio::spawn(run(cluster.client().await.expect("client of A"), 1..=11));
+    let on_b = tokio::spawn(run(
+        cluster.client_of(&b).await.expect("client of B"),
+        12..=22,
+    ));
+    let mut answers = on_a.await.expect("A's queries");
+    answers.extend(on_b.await.expect("B's queries"));
+    let took = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    sampler.await.expect("the sampler");
+
+    // 3.
+    let wrong: Vec<String> = answers
+        .iter()
+        .zip(&expected)
+        .enumerate()
+        .filter(|(_, (got, want))| got.as_ref() != Ok(*want))
+        .map(|(i, (got, _))| format!("q{}: {:?}", i + 1, got.as_ref().map(|r| r.len())))
+        .collect();
+    assert!(wrong.is_empty(), "answers under --max-queries 1: {wrong:?}");
+    let peak = peak.load(Ordering::SeqCst);
+    let samples = samples.load(Ordering::SeqCst);
+    assert!(
+        samples > 20,
+        "too few samples of weft_worker_queries: {samples}"
+    );
+    assert_eq!(
+        peak, 1,
+        "the most queries a worker held at once ({samples} samples)"
+    );
+    let refusals: usize = cluster
+        .workers
+        .iter()
+        .map(|w| {
+            std::fs::read_to_string(&w.log)
+                .unwrap_or_default()
+                .matches("launch refused: --max-queries reached")
+                .count()
+        })
+        .sum();
+    assert!(
+        refusals > 0,
+        "no launch was ever refused: the queries never collided"
+    );
+    println!(
+        "22/22 right from two coordinators in {} ms; {refusals} launches refused and repeated; at most {peak} query per worker over {samples} samples",
+        took.as_millis()
+    );
 }
 
 /// Script 7: a worker loses its etcd lease while it lives.

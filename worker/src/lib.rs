@@ -55,6 +55,10 @@ pub struct WorkerConfig {
     /// Address announced to others; defaults to the bound listen address.
     pub advertise: Option<String>,
     pub slots: u32,
+    /// Queries whose tasks may run on this worker at once; 0 = no limit
+    /// (`--max-queries`). Enforced here, so several coordinators sharing
+    /// the workers cannot oversubscribe them.
+    pub max_queries: usize,
     /// Memory pool size in bytes; `None` means unbounded.
     pub memory_limit: Option<usize>,
     pub id: Option<String>,
@@ -81,6 +85,7 @@ impl WorkerConfig {
             slots: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(2),
+            max_queries: 0,
             memory_limit: None,
             id: None,
             catalogs: CatalogsConfig::default(),
@@ -239,6 +244,7 @@ impl Worker {
         let tasks = TaskManager::new(id.clone(), address, runtime, codec);
         tasks.set_file_catalogs(&config.catalogs);
         tasks.set_operator_spans(config.trace_operators);
+        tasks.set_max_queries(config.max_queries);
         tokio::spawn(expire_task_leases(Arc::downgrade(&tasks)));
         // Metrics are recorded only where they are served (see the coordinator).
         let gauges: Arc<dyn GaugeSource> = Arc::new(WorkerGauges {
@@ -425,6 +431,7 @@ impl GaugeSource for WorkerGauges {
         };
         let running = tasks.running_count();
         out.push((metric::TASKS_RUNNING.name, running as f64));
+        out.push((metric::WORKER_QUERIES.name, tasks.query_count() as f64));
         out.push((metric::SLOTS.name, f64::from(self.slots)));
         out.push((
             metric::SLOTS_FREE.name,

@@ -36,6 +36,12 @@ struct Args {
     /// Tasks of one stage this worker runs at once; defaults to the CPU count.
     #[arg(long, env = "WEFT_SLOTS")]
     slots: Option<u32>,
+    /// Queries whose tasks this worker runs at once; a launch for one more
+    /// is refused as busy and its coordinator launches it again when a
+    /// query ends (up to its --queue-timeout). Caps what several
+    /// coordinators sharing the workers run together. 0 = no limit.
+    #[arg(long, env = "WEFT_MAX_QUERIES", default_value_t = 0)]
+    max_queries: usize,
     /// Memory for query execution (e.g. 4G); operators spill to disk beyond it.
     #[arg(long, env = "WEFT_MEMORY_LIMIT", value_parser = parse_size)]
     memory_limit: Option<usize>,
@@ -97,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = WorkerConfig::new(args.listen);
     config.id = Some(id);
     config.advertise = args.advertise;
+    config.max_queries = args.max_queries;
     if let Some(s) = args.slots {
         config.slots = s;
     }

@@ -106,6 +106,14 @@ impl From<TaskError> for Status {
                 );
                 status
             }
+            TaskError::Busy { .. } => {
+                let mut status = Status::resource_exhausted(message);
+                status.metadata_mut().insert(
+                    weft_common::flight::REFUSAL_METADATA,
+                    tonic::metadata::MetadataValue::from_static(weft_common::flight::REFUSAL_BUSY),
+                );
+                status
+            }
             TaskError::Killed { .. } => Status::unavailable(message),
             TaskError::Duplicate { .. } => Status::already_exists(message),
             TaskError::NotFound { .. } => Status::not_found(message),

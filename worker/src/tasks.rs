@@ -11,7 +11,7 @@
 //! A task lives until the coordinator cancels or releases its query.
 
 use crate::fencing::Fencing;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -56,6 +56,12 @@ pub enum TaskError {
     AlreadyConsumed { task: TaskId, partition: u32 },
     #[error("worker {worker} is stopped")]
     Killed { worker: String },
+    #[error("weft: worker {worker} already runs tasks of {limit} queries (its --max-queries); task {task} of a further query was not launched: the coordinator launches the query again when a query ends")]
+    Busy {
+        task: TaskId,
+        worker: String,
+        limit: usize,
+    },
     #[error("weft: task {task} belongs to an attempt of its query that was cancelled on worker {worker}")]
     Cancelled { task: TaskId, worker: String },
     /// The task's attempt was dropped when the worker lost its etcd lease.
@@ -95,6 +101,9 @@ pub struct TaskManager {
     operator_spans: AtomicBool,
     /// Cancelled attempts and task leases.
     fencing: Fencing,
+    /// Queries whose tasks may run here at once (`--max-queries`); 0 = no
+    /// limit.
+    max_queries: AtomicUsize,
 }
 
 impl std::fmt::Debug for TaskManager {
@@ -454,6 +463,7 @@ impl TaskManager {
             file_catalogs: Mutex::new(Vec::new()),
             operator_spans: AtomicBool::new(false),
             fencing: Fencing::default(),
+            max_queries: AtomicUsize::new(0),
         })
     }
 
@@ -478,6 +488,14 @@ impl TaskManager {
     /// fragment gets a span (children of the task's span) with its metrics.
     pub fn set_operator_spans(&self, on: bool) {
         self.operator_spans.store(on, Ordering::SeqCst);
+    }
+
+    /// At most `limit` queries with tasks here at once (`--max-queries`;
+    /// 0 = no limit): a launch for a further query is refused as busy, and
+    /// its coordinator launches the query again later. Tasks of a query
+    /// already here are always accepted (its other stages, a next attempt).
+    pub fn set_max_queries(&self, limit: usize) {
+        self.max_queries.store(limit, Ordering::SeqCst);
     }
 
     /// Whether new tasks are accepted (not stopping, not killed).
@@ -513,6 +531,13 @@ impl TaskManager {
             .values()
             .filter(|t| t.is_running())
             .count()
+    }
+
+    /// Queries with tasks here (what `--max-queries` limits).
+    pub fn query_count(&self) -> usize {
+        let tasks = self.tasks.lock();
+        let queries: HashSet<&str> = tasks.keys().map(|k| k.0.as_str()).collect();
+        queries.len()
     }
 
     /// Tasks launched since the worker started.
@@ -642,6 +667,18 @@ impl TaskManager {
                     task: id,
                     worker: self.worker_id.clone(),
                 });
+            }
+            let limit = self.max_queries.load(Ordering::Relaxed);
+            if limit > 0 && !tasks.keys().any(|k| k.0 == id.query_id) {
+                let running: HashSet<&str> = tasks.keys().map(|k| k.0.as_str()).collect();
+                if running.len() >= limit {
+                    tracing::info!(task = %id, limit, "launch refused: --max-queries reached");
+                    return Err(TaskError::Busy {
+                        task: id,
+                        worker: self.worker_id.clone(),
+                        limit,
+                    });
+                }
             }
             if tasks.contains_key(&key(&id)) {
                 return Err(TaskError::Duplicate {
@@ -1172,5 +1209,41 @@ mod tests {
         launch(&manager, &codec, 1, consumer("w2"));
         let err = read(&manager, 1).await.expect_err("w2 is not reachable");
         assert!(err.to_string().contains("w2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn max_queries_refuses_a_further_query_until_one_is_released() {
+        let (manager, codec) = manager("w1");
+        manager.set_max_queries(1);
+        let task = |query: &str, stage: u32| LaunchTask {
+            task: Some(TaskId {
+                query_id: query.into(),
+                stage_id: stage,
+                task_index: 0,
+                attempt: 0,
+            }),
+            plan: physical_plan_to_bytes_with_extension_codec(producer(), &codec)
+                .expect("encode")
+                .to_vec(),
+            ..Default::default()
+        };
+        manager.launch(task("a", 0)).expect("the first query");
+        manager
+            .launch(task("a", 1))
+            .expect("more tasks of a query already here");
+        let refused = manager.launch(task("b", 0)).expect_err("a second query");
+        assert!(
+            matches!(refused, TaskError::Busy { limit: 1, .. }),
+            "{refused}"
+        );
+        let status = tonic::Status::from(refused);
+        assert!(weft_common::flight::is_busy_refusal(&status), "{status:?}");
+        assert!(status.message().contains("--max-queries"), "{status}");
+        assert_eq!(manager.query_count(), 1);
+        manager.release_query("a");
+        manager
+            .launch(task("b", 0))
+            .expect("b, once a was released");
+        assert_eq!(manager.query_count(), 1);
     }
 }

@@ -224,6 +224,13 @@ pub const TASKS_RUNNING: MetricDef = def(
     Worker,
     "Tasks whose producers are running now",
 );
+pub const WORKER_QUERIES: MetricDef = def(
+    "weft_worker_queries",
+    Gauge,
+    &[],
+    Worker,
+    "Queries with tasks on this worker (held until their coordinator releases them); at most --max-queries when set",
+);
 pub const WORKER_TASKS_LAUNCHED: MetricDef = def(
     "weft_worker_tasks_launched_total",
     Counter,
@@ -394,6 +401,7 @@ pub const ALL: &[MetricDef] = &[
     RESULT_ROWS,
     FLIGHT_REQUESTS,
     TASKS_RUNNING,
+    WORKER_QUERIES,
     WORKER_TASKS_LAUNCHED,
     TASKS_FINISHED,
     SLOTS,

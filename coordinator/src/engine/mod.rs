@@ -138,6 +138,7 @@ impl From<ScheduleError> for Status {
             ScheduleError::Launch { .. }
             | ScheduleError::Draining { .. }
             | ScheduleError::Unreachable { .. } => Status::unavailable(message),
+            ScheduleError::Busy { .. } => Status::resource_exhausted(message),
             ScheduleError::Encode { .. } => Status::internal(message),
         }
     }

@@ -18,7 +18,7 @@
 //! output fence ([`super::results`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_flight::Ticket;
 use datafusion::prelude::SessionConfig;
@@ -52,6 +52,18 @@ pub const RETRY_OUTCOMES: [&str; 2] = ["retried", "failed"];
 
 /// First pause before a retry; doubled for each later one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The pause before launching again after the `n`th refusal by a busy
+/// worker (`--max-queries`): 50 ms doubling to 1 s, with a random half of
+/// it added, so queries of several coordinators that collided do not
+/// collide again in step.
+fn busy_pause(n: u32) -> Duration {
+    let base = Duration::from_millis(50)
+        .saturating_mul(1 << n.saturating_sub(1).min(5))
+        .min(Duration::from_secs(1));
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+    base + base / 2 * jitter / 1000
+}
 
 /// One launched attempt.
 #[derive(Debug)]
@@ -116,6 +128,8 @@ impl Attempts {
         let query = &self.query;
         let graph = self.graph.as_ref();
         let mut replaced = 0;
+        let mut busy_since: Option<Instant> = None;
+        let mut busy_refusals = 0u32;
         loop {
             let candidates: Vec<WorkerInfo> = scheduler::schedulable(&self.members.borrow())
                 .into_iter()
@@ -194,6 +208,29 @@ impl Attempts {
                     excluded.push(worker);
                     replaced += 1;
                     attempt += 1;
+                }
+                Err(e @ ScheduleError::Busy { .. }) => {
+                    // Every worker is still fine: this attempt is withdrawn
+                    // everywhere and the query launched again, on the
+                    // members of then, once a query may have ended.
+                    let waited = busy_since.get_or_insert_with(Instant::now).elapsed();
+                    if waited >= self.settings.queue_timeout {
+                        scheduler::notify_workers(&self.clients, &workers, query, true).await;
+                        return Err(Status::resource_exhausted(format!(
+                            "{e}; still refused after {waited:.0?} (--queue-timeout): the workers' --max-queries is reached by other queries, on this coordinator or others"
+                        )));
+                    }
+                    tracing::info!(query_id = %query.id, "{e}; launching the query again shortly");
+                    scheduler::cancel_attempts_before(&self.clients, &workers, query, attempt + 1)
+                        .await;
+                    query.forget_ended_tasks();
+                    attempt += 1;
+                    busy_refusals += 1;
+                    let pause = busy_pause(busy_refusals);
+                    tokio::select! {
+                        _ = query.token.cancelled() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -27,6 +27,7 @@ def test_unset_flags_are_not_passed():
 def test_worker_flags_from_values():
     f = flags(container(deployment(render(ci_values("external-etcd")), W)))
     assert f["slots"] == "4" and f["memory-limit"] == "6G" and f["lease-ttl"] == "10"
+    assert f["max-queries"] == "8"
     assert "trace-operators" not in f
     f = flags(container(deployment(render(ci_values("monitoring")), W)))
     assert "trace-operators" in f and f["trace-operators"] is None
