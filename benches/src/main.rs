@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! cargo run --profile bench-release -p weft-benches -- tpch --scale 1
+//! cargo build --profile bench-release --workspace --bins && \
+//!   target/bench-release/weft-bench tpch --scale 1 --deployed   # as deployed (headline)
 //! cargo run --profile bench-release -p weft-benches -- latency
 //! cargo build --profile bench-release --workspace --bins && \
 //!   target/bench-release/weft-bench telemetry --scale 1   # metrics + traces vs off
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use weft_common::sample::{generate_tpch, TPCH_TABLES};
+use weft_integration_tests::process::{Etcd, ProcessCluster, ProcessOptions};
 use weft_integration_tests::{
     canonical_rows, files_catalog, run_sql, split_statements, tpch_query, ClusterOptions,
     TestCluster,
@@ -53,6 +56,16 @@ enum Cmd {
         /// Only these queries (e.g. 1,6,12).
         #[arg(long, value_delimiter = ',')]
         queries: Vec<usize>,
+        /// As deployed: etcd, the coordinator and the workers as separate
+        /// processes (the binaries next to weft-bench), queried over
+        /// loopback; also `SELECT 1` p50/p99 through the same client.
+        /// Without it the cluster runs in this process.
+        #[arg(long)]
+        deployed: bool,
+        /// Task slots per worker; default: the cores shared out among the
+        /// workers.
+        #[arg(long)]
+        slots: Option<u32>,
     },
     /// PostgreSQL scan throughput of TPC-H lineitem: Weft (1 and N splits)
     /// vs psql binary COPY and ConnectorX.
@@ -169,7 +182,16 @@ async fn main() -> anyhow::Result<()> {
             workers,
             iterations,
             queries,
-        } => tpch(scale, data, workers, iterations, queries).await,
+            deployed,
+            slots,
+        } => {
+            let shape = Shape {
+                workers,
+                slots: slots.unwrap_or((cpus() / workers.max(1)).max(1) as u32),
+                deployed,
+            };
+            tpch(scale, data, shape, iterations, queries).await
+        }
         Cmd::Latency { iterations } => latency(iterations).await,
         Cmd::Telemetry {
             scale,
@@ -247,13 +269,81 @@ pub(crate) fn tpch_data(scale: f64, data: Option<PathBuf>) -> anyhow::Result<Pat
     Ok(dir)
 }
 
+/// How the benchmarked cluster runs.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    workers: usize,
+    slots: u32,
+    /// Separate processes with etcd (else one process, in-memory registry).
+    deployed: bool,
+}
+
+/// A Weft cluster to query: in this process, or as deployed.
+enum Bench {
+    InProcess(TestCluster),
+    Deployed {
+        cluster: ProcessCluster,
+        _etcd: Etcd,
+    },
+}
+
+impl Bench {
+    async fn start(shape: Shape, dir: &std::path::Path) -> anyhow::Result<Self> {
+        if !shape.deployed {
+            let options = ClusterOptions {
+                catalogs: files_catalog("tpch", dir),
+                etcd: false,
+                slots: shape.slots,
+                ..Default::default()
+            };
+            return Ok(Bench::InProcess(
+                TestCluster::start(shape.workers, options).await?,
+            ));
+        }
+        let etcd = Etcd::start().await?;
+        let catalogs = format!(
+            "default_catalog = \"tpch\"\n\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
+            dir.to_string_lossy()
+        );
+        let cluster = ProcessCluster::start(
+            shape.workers,
+            ProcessOptions {
+                catalogs,
+                slots: shape.slots,
+                env: vec![("RUST_LOG".into(), "warn".into())],
+                args: Vec::new(),
+                etcd: Some(etcd.endpoint.clone()),
+                http: false,
+                sign_in: None,
+                tls_ca: None,
+            },
+        )
+        .await?;
+        Ok(Bench::Deployed {
+            cluster,
+            _etcd: etcd,
+        })
+    }
+
+    async fn client(
+        &self,
+    ) -> anyhow::Result<arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>>
+    {
+        match self {
+            Bench::InProcess(cluster) => cluster.client().await,
+            Bench::Deployed { cluster, .. } => cluster.client().await,
+        }
+    }
+}
+
 async fn tpch(
     scale: f64,
     data: Option<PathBuf>,
-    workers: usize,
+    shape: Shape,
     iterations: usize,
     queries: Vec<usize>,
 ) -> anyhow::Result<()> {
+    let workers = shape.workers;
     let dir = tpch_data(scale, data)?;
     let queries: Vec<usize> = if queries.is_empty() {
         (1..=22).collect()
@@ -270,10 +360,16 @@ async fn tpch(
         )
         .await?;
     }
-    let weft = cluster(workers, files_catalog("tpch", &dir)).await?;
+    let weft = Bench::start(shape, &dir).await?;
 
     println!(
-        "TPC-H SF{scale}, {workers} workers, {} cores, best of {iterations}",
+        "TPC-H SF{scale}, {workers} workers ({} slots each, {}), {} cores, best of {iterations}",
+        shape.slots,
+        if shape.deployed {
+            "separate processes with etcd, Flight SQL over loopback"
+        } else {
+            "in this process"
+        },
         cpus()
     );
     println!(
@@ -342,6 +438,10 @@ async fn tpch(
         total_d.as_secs_f64() * 1e3,
         total_w.as_secs_f64() / total_d.as_secs_f64()
     );
+    if shape.deployed {
+        let mut client = weft.client().await?;
+        select_one_latency(&mut client, 300).await?;
+    }
     if !mismatches.is_empty() {
         anyhow::bail!("Weft's answer differs from DataFusion's for {mismatches:?}");
     }
@@ -351,13 +451,23 @@ async fn tpch(
 async fn latency(iterations: usize) -> anyhow::Result<()> {
     let weft = cluster(2, weft_common::config::CatalogsConfig::default()).await?;
     let mut client = weft.client().await?;
+    select_one_latency(&mut client, iterations).await
+}
+
+/// `SELECT 1` round trips through `client` (after 20 to warm up): p50,
+/// p90, p99.
+async fn select_one_latency(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    iterations: usize,
+) -> anyhow::Result<()> {
+    let iterations = iterations.max(1);
     for _ in 0..20 {
-        run_sql(&mut client, "SELECT 1").await?;
+        run_sql(client, "SELECT 1").await?;
     }
     let mut samples = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let start = Instant::now();
-        run_sql(&mut client, "SELECT 1").await?;
+        run_sql(client, "SELECT 1").await?;
         samples.push(start.elapsed());
     }
     samples.sort();
