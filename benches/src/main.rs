@@ -6,6 +6,7 @@
 //! cargo run --profile bench-release -p weft-benches -- tpch --scale 1
 //! cargo build --profile bench-release --workspace --bins && \
 //!   target/bench-release/weft-bench tpch --scale 1 --deployed   # as deployed (headline)
+//! target/bench-release/weft-bench breakdown --scale 1   # where a query's time goes
 //! cargo run --profile bench-release -p weft-benches -- latency
 //! cargo build --profile bench-release --workspace --bins && \
 //!   target/bench-release/weft-bench telemetry --scale 1   # metrics + traces vs off
@@ -13,6 +14,7 @@
 //! scripts/bench-postgres.sh fedjoin    # cross-database joins vs postgres_fdw
 //! ```
 
+mod breakdown;
 mod fedjoin;
 mod pgscan;
 mod recovery;
@@ -147,6 +149,23 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         queries: Vec<usize>,
     },
+    /// Where a query's time goes, as deployed: the client's GetFlightInfo
+    /// and DoGets, the coordinator's spans (admission, planning, footer
+    /// reads, stage cutting, launch, plan encoding) and when each stage's
+    /// tasks ran, from OTLP spans; `SELECT 1` and TPC-H q11, q16, q22, q18
+    /// by default (0 stands for `SELECT 1`).
+    Breakdown {
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
+    },
     /// Round trip of `SELECT 1` through Flight SQL.
     Latency {
         #[arg(long, default_value_t = 500)]
@@ -225,6 +244,13 @@ async fn main() -> anyhow::Result<()> {
             iterations,
             queries,
         } => recovery::recovery(scale, data, workers, iterations, queries).await,
+        Cmd::Breakdown {
+            scale,
+            data,
+            workers,
+            iterations,
+            queries,
+        } => breakdown::breakdown(scale, data, workers, iterations, queries).await,
         Cmd::Pgscan {
             pg_url,
             scale,

@@ -166,6 +166,9 @@ pub async fn launch_all(
     // upstream task that is not registered yet), so starting a query costs
     // one round trip, not one per stage.
     let mut launches = Vec::new();
+    // Encoding every task's plan (the `plan_encoding` span, inside `launch`).
+    let encoding = tracing::info_span!("plan_encoding");
+    let entered = encoding.enter();
     for stage in &graph.stages {
         let encode_err = |e: datafusion::error::DataFusionError| ScheduleError::Encode {
             stage: stage.id,
@@ -253,6 +256,7 @@ pub async fn launch_all(
             });
         }
     }
+    drop(entered);
     // Every launch is answered before returning, so a caller that cancels
     // the query after an error cancels every task that was accepted. A
     // refusal by a draining, busy or unreachable worker is reported only

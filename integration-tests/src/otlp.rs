@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use parking_lot::Mutex;
 
-/// A received span: service, instance, name, ids, attributes.
+/// A received span: service, instance, name, ids, attributes, times.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub service: String,
@@ -26,6 +26,9 @@ pub struct Received {
     pub span_id: Vec<u8>,
     pub parent: Vec<u8>,
     pub attributes: HashMap<String, String>,
+    /// Start and end, nanoseconds since the Unix epoch.
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
 }
 
 #[derive(Default)]
@@ -74,6 +77,8 @@ impl TraceService for Collector {
                         span_id: s.span_id.clone(),
                         parent: s.parent_span_id.clone(),
                         attributes: text(&s.attributes),
+                        start_unix_nano: s.start_time_unix_nano,
+                        end_unix_nano: s.end_time_unix_nano,
                     });
                 }
             }

@@ -602,10 +602,14 @@ impl TaskManager {
             task: id.clone(),
             source,
         };
-        let ctx = self.task_context(&request, &id).map_err(plan_err)?;
-        let mut plan =
-            physical_plan_from_bytes_with_extension_codec(&request.plan, &ctx, &self.codec)
-                .map_err(plan_err)?;
+        let decoding = tracing::info_span!("task_decode", bytes = request.plan.len());
+        let decoded = decoding.in_scope(|| {
+            let ctx = self.task_context(&request, &id)?;
+            let plan =
+                physical_plan_from_bytes_with_extension_codec(&request.plan, &ctx, &self.codec)?;
+            Ok((ctx, plan))
+        });
+        let (ctx, mut plan) = decoded.map_err(plan_err)?;
         if self.operator_spans.load(Ordering::SeqCst) {
             let rule = datafusion_tracing::instrument_with_info_spans!(
                 options: datafusion_tracing::InstrumentationOptions::builder()

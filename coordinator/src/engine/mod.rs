@@ -318,7 +318,9 @@ impl Engine {
         }
         let df = ctx.execute_logical_plan(logical).await?;
         let plan = df.create_physical_plan().await?;
-        let plan = crate::planner::balance::balance_parquet_scans(plan, &ctx.runtime_env()).await?;
+        let plan = crate::planner::balance::balance_parquet_scans(plan, &ctx.runtime_env())
+            .instrument(tracing::info_span!("footer_reads"))
+            .await?;
         Ok((ctx, plan))
     }
 
