@@ -46,10 +46,7 @@ pub(crate) async fn breakdown(
     };
     let etcd = Etcd::start().await?;
     let receiver = OtlpReceiver::start().await?;
-    let catalogs = format!(
-        "default_catalog = \"tpch\"\n\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-        dir.to_string_lossy()
-    );
+    let catalogs = weft_integration_tests::files_catalog_toml("tpch", &dir);
     let cluster = ProcessCluster::start(
         workers,
         ProcessOptions {

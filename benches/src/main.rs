@@ -327,10 +327,7 @@ impl Bench {
             ));
         }
         let etcd = Etcd::start().await?;
-        let catalogs = format!(
-            "default_catalog = \"tpch\"\n\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-            dir.to_string_lossy()
-        );
+        let catalogs = weft_integration_tests::files_catalog_toml("tpch", dir);
         let cluster = ProcessCluster::start(
             shape.workers,
             ProcessOptions {

@@ -35,10 +35,7 @@ pub(crate) async fn recovery(
     };
     let reference = weft_integration_tests::tpch_single_node(&dir).await;
     let etcd = Etcd::start().await?;
-    let catalogs = format!(
-        "default_catalog = \"tpch\"\n\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-        dir.to_string_lossy()
-    );
+    let catalogs = weft_integration_tests::files_catalog_toml("tpch", &dir);
     let options = |retries: u32| ProcessOptions {
         catalogs: catalogs.clone(),
         slots: (crate::cpus() / workers.max(1)).max(1) as u32,

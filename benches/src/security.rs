@@ -65,10 +65,7 @@ pub(crate) async fn security(
     anyhow::ensure!(passwd.wait()?.success(), "weft passwd failed");
     let secret = files.path().join("cluster.secret");
     std::fs::write(&secret, "be".repeat(32))?;
-    let catalogs = format!(
-        "default_catalog = \"tpch\"\n\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-        dir.to_string_lossy()
-    );
+    let catalogs = weft_integration_tests::files_catalog_toml("tpch", &dir);
     let path = |p: PathBuf| p.display().to_string();
     let options = |secured: bool| ProcessOptions {
         catalogs: catalogs.clone(),

@@ -33,10 +33,7 @@ pub(crate) async fn telemetry(
     };
     let etcd = Etcd::start().await?;
     let receiver = OtlpReceiver::start().await?;
-    let catalogs = format!(
-        "default_catalog = \"tpch\"\n\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-        dir.to_string_lossy()
-    );
+    let catalogs = weft_integration_tests::files_catalog_toml("tpch", &dir);
     let options = |on: bool| ProcessOptions {
         catalogs: catalogs.clone(),
         slots: (crate::cpus() / workers.max(1)).max(1) as u32,

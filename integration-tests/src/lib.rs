@@ -393,6 +393,15 @@ pub fn files_catalog(name: &str, path: &Path) -> CatalogsConfig {
     c
 }
 
+/// [`files_catalog`] as the text of a catalog file (`--catalogs`), for
+/// clusters of separate processes.
+pub fn files_catalog_toml(name: &str, path: &Path) -> String {
+    format!(
+        "default_catalog = {name:?}\n\n[catalogs.{name}]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
+        path.to_string_lossy()
+    )
+}
+
 /// The TPC-H query texts shipped with the tests (`q1` .. `q22`).
 pub fn tpch_query(n: usize) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tpch/queries/q{n}.sql"));

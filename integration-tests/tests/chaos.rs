@@ -93,10 +93,7 @@ async fn files_cluster_on(
     slots: u32,
     env: Vec<(String, String)>,
 ) -> ProcessCluster {
-    let catalogs = format!(
-        "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-        dir.display().to_string()
-    );
+    let catalogs = weft_integration_tests::files_catalog_toml("tpch", dir);
     ProcessCluster::start(
         workers,
         ProcessOptions {
@@ -980,10 +977,7 @@ async fn script_6a() {
     use weft_integration_tests::{tpch_query, tpch_single_node};
     // 1.
     let dir = tpch_dir(0.01, 3);
-    let catalogs = format!(
-        "default_catalog = \"tpch\"\n[catalogs.tpch]\nkind = \"files\"\npath = {:?}\nformat = \"parquet\"\n",
-        dir.display().to_string()
-    );
+    let catalogs = weft_integration_tests::files_catalog_toml("tpch", dir);
     let cluster = ProcessCluster::start(
         2,
         ProcessOptions {
