@@ -9,7 +9,9 @@
 //!   the task plans), and the workers' time decoding the plans (summed
 //!   over the tasks);
 //! - per stage, when its first task started and its last task ended,
-//!   counted from the start of the query span.
+//!   counted from the start of the query span;
+//! - for comparison, single-node DataFusion planning the same SQL over the
+//!   same files (SQL to physical plan).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -66,6 +68,9 @@ pub(crate) async fn breakdown(
     )
     .await?;
     let mut client = connect(&cluster.flight_url()).await?;
+    // Single-node DataFusion plans the same SQL over the same files: what
+    // planning costs without Weft's rules, balancing and stage cutting.
+    let reference = weft_integration_tests::tpch_single_node(&dir).await;
     println!(
         "Per-query cost breakdown, TPC-H SF{scale}, {workers} workers as processes with etcd, {} cores; median of {iterations} runs after a warm-up, ms",
         crate::cpus()
@@ -79,6 +84,16 @@ pub(crate) async fn breakdown(
             (format!("q{q}"), tpch_query(q))
         };
         let statements = split_statements(&text);
+        let mut reference_planning = Vec::new();
+        for run in 0..=iterations.max(1) {
+            let start = Instant::now();
+            for s in &statements {
+                reference.sql(s).await?.create_physical_plan().await?;
+            }
+            if run > 0 {
+                reference_planning.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
         let mut client_times = Vec::new();
         for run in 0..=iterations.max(1) {
             let mut times = (Duration::ZERO, Duration::ZERO);
@@ -95,7 +110,9 @@ pub(crate) async fn breakdown(
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let spans = receiver.spans();
         let traces = new_query_traces(&spans, &mut seen);
-        columns.push((label, Column::of(&spans, &traces, &client_times)));
+        let mut column = Column::of(&spans, &traces, &client_times);
+        column.reference_planning = median(reference_planning);
+        columns.push((label, column));
     }
     print(&columns);
     drop((cluster, etcd));
@@ -148,6 +165,8 @@ struct Column {
     get_flight_info: f64,
     results: f64,
     phases: HashMap<&'static str, f64>,
+    /// Single-node DataFusion planning the same SQL (SQL to physical plan).
+    reference_planning: f64,
     /// stage id -> (first task start, last task end), from the query start.
     stages: BTreeMap<u32, (f64, f64)>,
 }
@@ -187,6 +206,7 @@ impl Column {
         }
         let secs = |d: Duration| d.as_secs_f64() * 1e3;
         Column {
+            reference_planning: f64::NAN,
             get_flight_info: median(client.iter().map(|t| secs(t.0)).collect()),
             results: median(client.iter().map(|t| secs(t.1)).collect()),
             phases: phases.into_iter().map(|(k, v)| (k, median(v))).collect(),
@@ -233,6 +253,7 @@ fn print(columns: &[(String, Column)]) {
         row(name, &|c| c.phases.get(phase).copied().unwrap_or(f64::NAN));
     }
     row("client: DoGets (result transfer)", &|c| c.results);
+    row("DataFusion alone: planning", &|c| c.reference_planning);
     for (label, c) in columns {
         let stages: Vec<String> = c
             .stages

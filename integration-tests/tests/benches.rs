@@ -94,6 +94,7 @@ async fn breakdown_finds_every_phase_in_the_spans() {
         "launch (one round trip)",
         "of it: plan encoding",
         "workers decoding plans (sum)",
+        "DataFusion alone: planning",
     ] {
         let values = row(&stdout, label);
         assert_eq!(values.len(), 2, "{label}: {stdout}");
