@@ -93,22 +93,81 @@ async fn files_cluster_on(
     slots: u32,
     env: Vec<(String, String)>,
 ) -> ProcessCluster {
-    let catalogs = weft_integration_tests::files_catalog_toml("tpch", dir);
     ProcessCluster::start(
         workers,
         ProcessOptions {
-            catalogs,
-            slots,
-            env,
-            args: vec![],
             etcd,
-            http: false,
-            sign_in: None,
-            tls_ca: None,
+            ..files_options(dir, slots, env)
         },
     )
     .await
     .expect("a cluster")
+}
+
+/// The options of [`files_cluster`]: the shared etcd, no HTTP server.
+fn files_options(dir: &std::path::Path, slots: u32, env: Vec<(String, String)>) -> ProcessOptions {
+    ProcessOptions {
+        catalogs: weft_integration_tests::files_catalog_toml("tpch", dir),
+        slots,
+        env,
+        args: vec![],
+        etcd: None,
+        http: false,
+        sign_in: None,
+        tls_ca: None,
+    }
+}
+
+/// Single-node DataFusion's answers to the 22 TPC-H queries over `dir`,
+/// as [`tpch_rows`] returns them (sorted unless the query orders them).
+async fn tpch_expected(dir: &std::path::Path) -> Vec<Vec<String>> {
+    use weft_integration_tests::{single_node_rows, tpch_query, tpch_single_node};
+    let reference = tpch_single_node(dir).await;
+    let mut expected = Vec::new();
+    for q in 1..=22 {
+        let text = tpch_query(q);
+        let mut want = single_node_rows(&reference, &text).await;
+        if !text.to_lowercase().contains("order by") {
+            want.sort();
+        }
+        expected.push(want);
+    }
+    expected
+}
+
+/// Runs TPC-H `queries` one after the other through `client`, each within
+/// `limit`: every answer's rows, or its error.
+async fn tpch_answers(
+    mut client: arrow_flight::sql::client::FlightSqlServiceClient<Channel>,
+    queries: std::ops::RangeInclusive<usize>,
+    limit: Duration,
+) -> Vec<Result<Vec<String>, String>> {
+    let mut answers = Vec::new();
+    for q in queries {
+        let answer = tokio::time::timeout(
+            limit,
+            tpch_rows(&mut client, &weft_integration_tests::tpch_query(q)),
+        )
+        .await;
+        answers.push(match answer {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        });
+    }
+    answers
+}
+
+/// The queries (`q1` ...) whose answer is not the expected one, with its
+/// row count or error.
+fn wrong_answers(answers: &[Result<Vec<String>, String>], expected: &[Vec<String>]) -> Vec<String> {
+    answers
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|(_, (got, want))| got.as_ref() != Ok(*want))
+        .map(|(i, (got, _))| format!("q{}: {:?}", i + 1, got.as_ref().map(|r| r.len())))
+        .collect()
 }
 
 async fn tasks_everywhere(cluster: &ProcessCluster, query_id: &str) -> Vec<usize> {
@@ -616,21 +675,17 @@ async fn s1_worker_killed_during_each_tpch_query() {
 }
 
 async fn script_1() {
-    use weft_integration_tests::{tpch_query, tpch_single_node};
+    use weft_integration_tests::tpch_query;
     // 1.
     let (mut rng, seed) = Rng::seeded("script 1");
     let dir = tpch_dir(0.01, 3);
     let mut cluster = files_cluster(dir, 3, 1, vec![]).await;
-    let reference = tpch_single_node(dir).await;
+    let expected = tpch_expected(dir).await;
     let mut client = cluster.client().await.expect("client");
     let (mut right, mut refused, mut retried) = (0, Vec::new(), 0);
     let mut failures = Vec::new();
-    for q in 1..=22 {
+    for (q, want) in (1..=22).zip(expected) {
         let text = tpch_query(q);
-        let mut want = weft_integration_tests::single_node_rows(&reference, &text).await;
-        if !text.to_lowercase().contains("order by") {
-            want.sort();
-        }
         // 2.
         let started = Instant::now();
         let clean = tokio::time::timeout(Duration::from_secs(60), tpch_rows(&mut client, &text))
@@ -884,7 +939,7 @@ async fn s6_two_coordinators_one_killed() {
 }
 
 async fn script_6() {
-    use weft_integration_tests::{tpch_query, tpch_single_node};
+    use weft_integration_tests::tpch_query;
     // 1.
     let dir = tpch_dir(0.01, 3);
     let lease = ("WEFT_TASK_LEASE".to_string(), "3".to_string());
@@ -893,20 +948,11 @@ async fn script_6() {
         .add_coordinator("coordinator-b")
         .await
         .expect("coordinator B");
-    let reference = tpch_single_node(dir).await;
-    let mut expected = Vec::new();
-    for q in 1..=22 {
-        let text = tpch_query(q);
-        let mut want = weft_integration_tests::single_node_rows(&reference, &text).await;
-        if !text.to_lowercase().contains("order by") {
-            want.sort();
-        }
-        expected.push(want);
-    }
+    let expected = tpch_expected(dir).await;
 
     // 2.
     let mut client_a = cluster.client().await.expect("client of A");
-    let mut client_b = cluster.client_of(&b).await.expect("client of B");
+    let client_b = cluster.client_of(&b).await.expect("client of B");
     let on_a = tokio::spawn(async move {
         let mut answered = 0;
         for q in 1..=22 {
@@ -922,35 +968,14 @@ async fn script_6() {
         }
         answered
     });
-    let on_b = tokio::spawn(async move {
-        let mut answers = Vec::new();
-        for q in 1..=22 {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(60),
-                tpch_rows(&mut client_b, &tpch_query(q)),
-            )
-            .await;
-            answers.push(match answer {
-                Ok(Ok(rows)) => Ok(rows),
-                Ok(Err(e)) => Err(format!("{e:#}")),
-                Err(_) => Err("no answer within 60 s".to_string()),
-            });
-        }
-        answers
-    });
+    let on_b = tokio::spawn(tpch_answers(client_b, 1..=22, Duration::from_secs(60)));
     tokio::time::sleep(Duration::from_millis(700)).await;
     cluster.coordinator.signal("KILL").expect("kill -9 of A");
 
     // 3.
     let answers = on_b.await.expect("B's queries");
     let answered_by_a = on_a.await.expect("A's queries");
-    let wrong: Vec<String> = answers
-        .iter()
-        .zip(&expected)
-        .enumerate()
-        .filter(|(_, (got, want))| got.as_ref() != Ok(*want))
-        .map(|(i, (got, _))| format!("q{}: {:?}", i + 1, got.as_ref().map(|r| r.len())))
-        .collect();
+    let wrong = wrong_answers(&answers, &expected);
     assert!(wrong.is_empty(), "B's answers after A's kill: {wrong:?}");
     println!("B answered all 22 right; A answered {answered_by_a} before it was killed");
 }
@@ -974,21 +999,14 @@ async fn script_6a() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     use weft_integration_tests::process::http_get;
-    use weft_integration_tests::{tpch_query, tpch_single_node};
     // 1.
     let dir = tpch_dir(0.01, 3);
-    let catalogs = weft_integration_tests::files_catalog_toml("tpch", dir);
+    let limit = vec![("WEFT_MAX_QUERIES".to_string(), "1".to_string())];
     let cluster = ProcessCluster::start(
         2,
         ProcessOptions {
-            catalogs,
-            slots: 1,
-            env: vec![("WEFT_MAX_QUERIES".to_string(), "1".to_string())],
-            args: vec![],
-            etcd: None,
             http: true,
-            sign_in: None,
-            tls_ca: None,
+            ..files_options(dir, 1, limit)
         },
     )
     .await
@@ -997,16 +1015,7 @@ async fn script_6a() {
         .add_coordinator("coordinator-b")
         .await
         .expect("coordinator B");
-    let reference = tpch_single_node(dir).await;
-    let mut expected = Vec::new();
-    for q in 1..=22 {
-        let text = tpch_query(q);
-        let mut want = weft_integration_tests::single_node_rows(&reference, &text).await;
-        if !text.to_lowercase().contains("order by") {
-            want.sort();
-        }
-        expected.push(want);
-    }
+    let expected = tpch_expected(dir).await;
 
     // 2.
     let done = Arc::new(AtomicBool::new(false));
@@ -1036,28 +1045,16 @@ async fn script_6a() {
             }
         })
     };
-    let run = |mut client: arrow_flight::sql::client::FlightSqlServiceClient<Channel>,
-               queries: std::ops::RangeInclusive<usize>| async move {
-        let mut answers = Vec::new();
-        for q in queries {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(90),
-                tpch_rows(&mut client, &tpch_query(q)),
-            )
-            .await;
-            answers.push(match answer {
-                Ok(Ok(rows)) => Ok(rows),
-                Ok(Err(e)) => Err(format!("{e:#}")),
-                Err(_) => Err("no answer within 90 s".to_string()),
-            });
-        }
-        answers
-    };
     let started = Instant::now();
-    let on_a = tokio::spawn(run(cluster.client().await.expect("client of A"), 1..=11));
-    let on_b = tokio::spawn(run(
+    let on_a = tokio::spawn(tpch_answers(
+        cluster.client().await.expect("client of A"),
+        1..=11,
+        Duration::from_secs(90),
+    ));
+    let on_b = tokio::spawn(tpch_answers(
         cluster.client_of(&b).await.expect("client of B"),
         12..=22,
+        Duration::from_secs(90),
     ));
     let mut answers = on_a.await.expect("A's queries");
     answers.extend(on_b.await.expect("B's queries"));
@@ -1066,13 +1063,7 @@ async fn script_6a() {
     sampler.await.expect("the sampler");
 
     // 3.
-    let wrong: Vec<String> = answers
-        .iter()
-        .zip(&expected)
-        .enumerate()
-        .filter(|(_, (got, want))| got.as_ref() != Ok(*want))
-        .map(|(i, (got, _))| format!("q{}: {:?}", i + 1, got.as_ref().map(|r| r.len())))
-        .collect();
+    let wrong = wrong_answers(&answers, &expected);
     assert!(wrong.is_empty(), "answers under --max-queries 1: {wrong:?}");
     let peak = peak.load(Ordering::SeqCst);
     let samples = samples.load(Ordering::SeqCst);
