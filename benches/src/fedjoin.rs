@@ -33,7 +33,7 @@ fn qualify(text: &str) -> String {
 }
 
 /// Creates database `name` with `tables` unless it is already loaded.
-async fn ensure_database(
+pub(crate) async fn ensure_database(
     admin_url: &str,
     name: &str,
     dir: &std::path::Path,

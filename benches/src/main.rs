@@ -12,11 +12,13 @@
 //!   target/bench-release/weft-bench telemetry --scale 1   # metrics + traces vs off
 //! scripts/bench-postgres.sh pgscan     # PostgreSQL scan throughput
 //! scripts/bench-postgres.sh fedjoin    # cross-database joins vs postgres_fdw
+//! scripts/bench-postgres.sh pgtpch     # TPC-H over one PostgreSQL: Weft vs PostgreSQL
 //! ```
 
 mod breakdown;
 mod fedjoin;
 mod pgscan;
+mod pgtpch;
 mod recovery;
 mod security;
 mod telemetry;
@@ -102,6 +104,30 @@ enum Cmd {
         /// Only these of the cross-database queries (e.g. 5,10).
         #[arg(long, value_delimiter = ',')]
         queries: Vec<usize>,
+    },
+    /// The 22 TPC-H queries over one PostgreSQL database: Weft as deployed
+    /// (a `postgres` catalog, workers as processes with etcd, Flight SQL)
+    /// vs the same SQL in PostgreSQL itself, same run, answers checked.
+    Pgtpch {
+        /// Admin URL of a PostgreSQL server (a database is created in it).
+        #[arg(long, env = "WEFT_BENCH_PG")]
+        pg_url: String,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        /// Only these queries (e.g. 4,21).
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
+        /// Seconds PostgreSQL may take for one query (statement_timeout);
+        /// a query it gives up on is reported as such and its Weft answer
+        /// checked against single-node DataFusion instead.
+        #[arg(long, default_value_t = 60)]
+        pg_timeout: u64,
     },
     /// Overhead of metrics (scraped) plus trace export against both off:
     /// two clusters of separate processes, TPC-H, same run.
@@ -258,6 +284,26 @@ async fn main() -> anyhow::Result<()> {
             splits,
             iterations,
         } => pgscan::pgscan(pg_url, scale, data, splits, iterations).await,
+        Cmd::Pgtpch {
+            pg_url,
+            scale,
+            data,
+            workers,
+            iterations,
+            queries,
+            pg_timeout,
+        } => {
+            pgtpch::pgtpch(pgtpch::Options {
+                pg_url,
+                scale,
+                data,
+                workers,
+                iterations,
+                queries,
+                pg_timeout: Duration::from_secs(pg_timeout),
+            })
+            .await
+        }
         Cmd::Fedjoin {
             pg_url,
             scale,

@@ -83,6 +83,48 @@ pub struct ScanRequest {
     pub batch_size: usize,
 }
 
+/// What a database's planner says about a query it would run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemotePlan {
+    /// Estimated total cost, in the database's own units.
+    pub total_cost: f64,
+    /// Estimated rows.
+    pub rows: f64,
+    /// Subqueries the plan runs again for every row of an outer input
+    /// (PostgreSQL's correlated `SubPlan`s), by name.
+    pub per_row_subqueries: Vec<String>,
+}
+
+impl RemotePlan {
+    /// Reads the output of PostgreSQL's `EXPLAIN (FORMAT JSON)`.
+    pub fn from_postgres_json(json: &str) -> Option<RemotePlan> {
+        let value: serde_json::Value = serde_json::from_str(json).ok()?;
+        let plan = value.get(0)?.get("Plan")?;
+        let mut per_row_subqueries = Vec::new();
+        collect_subplans(plan, &mut per_row_subqueries);
+        Some(RemotePlan {
+            total_cost: plan.get("Total Cost")?.as_f64()?,
+            rows: plan.get("Plan Rows")?.as_f64()?,
+            per_row_subqueries,
+        })
+    }
+}
+
+/// Names of the correlated subplans under `node`: `SubPlan N` runs per row
+/// of its parent, `InitPlan N` once.
+fn collect_subplans(node: &serde_json::Value, out: &mut Vec<String>) {
+    if let Some(name) = node.get("Subplan Name").and_then(|n| n.as_str()) {
+        if name.starts_with("SubPlan") {
+            out.push(name.to_string());
+        }
+    }
+    if let Some(children) = node.get("Plans").and_then(|p| p.as_array()) {
+        for c in children {
+            collect_subplans(c, out);
+        }
+    }
+}
+
 /// A database that lists its tables, plans their scans and runs the queries
 /// of [`RemoteScanExec`]s.
 #[async_trait]
@@ -103,6 +145,11 @@ pub trait RemoteSource: Debug + Send + Sync + 'static {
     /// generated queries); sources that cannot check accept everything.
     async fn validate(self: Arc<Self>, _sql: &str) -> Result<(), SourceError> {
         Ok(())
+    }
+    /// The source's own plan of `sql`, without running it (PostgreSQL's
+    /// `EXPLAIN`); `None` from sources that do not tell.
+    async fn explain(self: Arc<Self>, _sql: &str) -> Result<Option<RemotePlan>, SourceError> {
+        Ok(None)
     }
     /// Opens a snapshot that several reads can share (PostgreSQL's
     /// `pg_export_snapshot`): its id and the resource that keeps it open.
@@ -213,4 +260,35 @@ pub fn keep_alives(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn Any + Send + Sy
         stack.extend(p.children().into_iter().cloned());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RemotePlan;
+
+    #[test]
+    fn postgres_plan_names_the_subqueries_run_per_row() {
+        // EXPLAIN (FORMAT JSON) of an EXISTS over a grouped derived table, as
+        // PostgreSQL 15 plans it: a SubPlan under the filter, and an
+        // InitPlan that runs once.
+        let json = r#"[{"Plan": {"Node Type": "Seq Scan", "Relation Name": "orders",
+            "Total Cost": 1234567.5, "Plan Rows": 750000,
+            "Plans": [
+              {"Node Type": "Result", "Parent Relationship": "InitPlan", "Subplan Name": "InitPlan 1 (returns $0)",
+               "Total Cost": 0.01, "Plan Rows": 1},
+              {"Node Type": "Subquery Scan", "Parent Relationship": "SubPlan", "Subplan Name": "SubPlan 2",
+               "Total Cost": 1.5, "Plan Rows": 1,
+               "Plans": [{"Node Type": "HashAggregate", "Total Cost": 1.2, "Plan Rows": 1}]}
+            ]}}]"#;
+        let plan = RemotePlan::from_postgres_json(json).expect("parses");
+        assert_eq!(plan.total_cost, 1234567.5);
+        assert_eq!(plan.rows, 750000.0);
+        assert_eq!(plan.per_row_subqueries, vec!["SubPlan 2".to_string()]);
+
+        let semi = r#"[{"Plan": {"Node Type": "Hash Join", "Join Type": "Semi", "Total Cost": 99.0,
+            "Plan Rows": 10, "Plans": [{"Node Type": "Seq Scan", "Total Cost": 5.0, "Plan Rows": 100}]}}]"#;
+        let plan = RemotePlan::from_postgres_json(semi).expect("parses");
+        assert!(plan.per_row_subqueries.is_empty());
+        assert!(RemotePlan::from_postgres_json("not json").is_none());
+    }
 }

@@ -5,7 +5,8 @@
 //! [`QueryPushdown`] is a logical optimizer rule of the coordinator. It walks
 //! the plan from the top; the first subtree (so the largest) that
 //! - reads only PostgreSQL or MySQL tables of one catalog,
-//! - is built of projections, filters, inner/outer equi-joins, aggregates
+//! - is built of projections, filters, inner/outer equi-joins, left semi and
+//!   anti joins (PostgreSQL only, written as `[NOT] EXISTS`), aggregates
 //!   (count, sum, min, max, avg), limits and top-N sorts,
 //! - uses only expressions the database evaluates exactly as Weft does (the
 //!   rules of [`crate::filters`]: no collation-dependent string ordering, no
@@ -19,7 +20,9 @@
 //! every output column cast to the type Weft expects, then renamed back to
 //! the subtree's column names. A pushed top-N is sorted again in Weft (its N
 //! rows), so the order never depends on the database. If anything cannot be
-//! rendered the subtree stays as it was: scans with their own pushdown.
+//! rendered the subtree stays as it was: scans with their own pushdown. So
+//! does a subtree whose SQL the database refuses, or would run with a
+//! subquery evaluated once per row (its own `EXPLAIN`, at planning).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -242,16 +245,39 @@ pub(crate) fn analyze(plan: &LogicalPlan, under_limit: bool) -> Option<Found> {
             check(&found, &[&f.predicate], f.input.schema()).then_some(found)
         }
         LogicalPlan::Join(j) => {
-            if !matches!(
-                j.join_type,
-                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
-            ) || j.null_equality != datafusion::common::NullEquality::NullEqualsNothing
+            // Semi and anti joins are written as [NOT] EXISTS (a correlated
+            // subquery over the right side): only the left-hand ones, whose
+            // output is the outer query's rows.
+            let semi = matches!(j.join_type, JoinType::LeftSemi | JoinType::LeftAnti);
+            if !(semi
+                || matches!(
+                    j.join_type,
+                    JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+                ))
+                || j.null_equality != datafusion::common::NullEquality::NullEqualsNothing
             {
+                return None;
+            }
+            // NOT IN is a null-aware anti join: a NULL key on the right
+            // empties the answer, which NOT EXISTS does not do. Pushed only
+            // when no key can be NULL.
+            if j.null_aware && !non_null_keys(j) {
                 return None;
             }
             let mut left = analyze(&j.left, false)?;
             let right = analyze(&j.right, false)?;
             if left.info.source.catalog() != right.info.source.catalog() {
+                return None;
+            }
+            // Inside EXISTS, a column name both sides have is resolved by
+            // its qualifier: it must have one.
+            // Only where the database's plan is checked before it runs
+            // (PostgreSQL's EXPLAIN, see `RemoteQueryTable::scan`): an EXISTS
+            // the database runs row by row must not be sent.
+            if semi && left.info.dialect != QueryDialect::Postgres {
+                return None;
+            }
+            if semi && ambiguous_condition_columns(j) {
                 return None;
             }
             // Column rules of both sides (by name: conservative when two
@@ -337,6 +363,37 @@ pub(crate) fn analyze(plan: &LogicalPlan, under_limit: bool) -> Option<Found> {
         }
         _ => None,
     }
+}
+
+/// Every equi-join key of `j` is a column neither side can hold NULL in.
+fn non_null_keys(j: &datafusion::logical_expr::Join) -> bool {
+    let non_null = |e: &Expr, schema: &DFSchema| match e {
+        Expr::Column(c) => schema.field_from_column(c).is_ok_and(|f| !f.is_nullable()),
+        _ => false,
+    };
+    j.filter.is_none()
+        && j.on
+            .iter()
+            .all(|(l, r)| non_null(l, j.left.schema()) && non_null(r, j.right.schema()))
+}
+
+/// An unqualified column in `j`'s keys or filter whose name both sides
+/// have: inside `EXISTS` the database would resolve it to the inner side.
+/// (Qualified columns are written with their table or alias: the right side
+/// is always an aliased derived table.)
+fn ambiguous_condition_columns(j: &datafusion::logical_expr::Join) -> bool {
+    let mut columns = Vec::new();
+    for (l, r) in &j.on {
+        columns.extend(l.column_refs());
+        columns.extend(r.column_refs());
+    }
+    if let Some(f) = &j.filter {
+        columns.extend(f.column_refs());
+    }
+    let has = |schema: &DFSchema, name: &str| schema.fields().iter().any(|f| f.name() == name);
+    columns.iter().any(|c| {
+        c.relation.is_none() && has(j.left.schema(), &c.name) && has(j.right.schema(), &c.name)
+    })
 }
 
 fn has_duplicate_names(schema: &DFSchema) -> bool {
@@ -515,6 +572,9 @@ fn remote_query(plan: &LogicalPlan, info: &QueryTableInfo) -> Result<Option<Logi
         return Ok(None);
     };
     let named_plan = collapse_aliases(named_plan)?;
+    let Some(named_plan) = explicit_join_filters(named_plan)? else {
+        return Ok(None);
+    };
     let tables = table_names(plan);
     let dialect = info.dialect.unparser_dialect();
     let mut statement = Unparser::new(dialect.as_ref()).plan_to_sql(&named_plan)?;
@@ -659,6 +719,202 @@ fn collapse_aliases(plan: LogicalPlan) -> Result<LogicalPlan> {
         })
     })
     .map(|t| t.data)
+}
+
+/// Whether `plan` has a join other than an inner one.
+fn has_outer_or_semi_join(plan: &LogicalPlan) -> bool {
+    plan.exists(|p| Ok(matches!(p, LogicalPlan::Join(j) if j.join_type != JoinType::Inner)))
+        .unwrap_or(false)
+}
+
+/// A join input that is a table scan, perhaps under a filter, with its
+/// conditions lifted out: the scan without filters (reading the columns the
+/// conditions need too) and the conditions. `Ok(None)` if there is nothing
+/// to lift; `Err(())` for a shape that cannot be lifted (a scan with a row
+/// limit, two aliases on one scan).
+fn lift_scan_filters(side: &LogicalPlan) -> Result<Option<(LogicalPlan, Expr)>, ()> {
+    // An aliased table (`customers c`): the conditions, written against the
+    // table, are lifted above the alias in the alias's terms.
+    if let LogicalPlan::SubqueryAlias(a) = side {
+        let Some((inner, predicate)) = lift_scan_filters(&a.input)? else {
+            return Ok(None);
+        };
+        if matches!(&*a.input, LogicalPlan::SubqueryAlias(_)) {
+            return Err(());
+        }
+        let predicate = predicate
+            .transform(|e| {
+                Ok(match e {
+                    Expr::Column(c) => {
+                        Transformed::yes(Expr::Column(Column::new(Some(a.alias.clone()), c.name)))
+                    }
+                    other => Transformed::no(other),
+                })
+            })
+            .map_err(|_| ())?
+            .data;
+        let aliased = SubqueryAlias::try_new(Arc::new(inner), a.alias.clone()).map_err(|_| ())?;
+        return Ok(Some((LogicalPlan::SubqueryAlias(aliased), predicate)));
+    }
+    let (scan, above) = match side {
+        LogicalPlan::TableScan(scan) => (scan, None),
+        LogicalPlan::Filter(f) => match f.input.as_ref() {
+            LogicalPlan::TableScan(scan) => (scan, Some(f.predicate.clone())),
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    if scan.filters.is_empty() && above.is_none() {
+        return Ok(None);
+    }
+    if scan.fetch.is_some() {
+        return Err(());
+    }
+    let predicate =
+        datafusion::logical_expr::utils::conjunction(scan.filters.iter().cloned().chain(above))
+            .ok_or(())?;
+    let source = scan.source.schema();
+    let mut indices: Vec<usize> = scan
+        .projection
+        .clone()
+        .unwrap_or_else(|| (0..source.fields().len()).collect());
+    for c in predicate.column_refs() {
+        let i = source.index_of(&c.name).map_err(|_| ())?;
+        if !indices.contains(&i) {
+            indices.push(i);
+        }
+    }
+    let wide = LogicalPlanBuilder::scan(
+        scan.table_name.clone(),
+        Arc::clone(&scan.source),
+        Some(indices),
+    )
+    .and_then(|b| b.build())
+    .map_err(|_| ())?;
+    Ok(Some((wide, predicate)))
+}
+
+/// `plan` (with an outer, semi or anti join) written so that its SQL keeps
+/// every condition where it belongs. The unparser moves the conditions of a
+/// join input that is a (filtered) table scan into the join's `ON`, which
+/// is wrong for the preserved side of an outer join (it would keep the rows
+/// the conditions reject) and lost for a semi or anti join (written as
+/// `[NOT] EXISTS`, which only keeps the join's own filter). So:
+/// - the preserved side's conditions (the left of a left, semi or anti
+///   join; the right of a right join) are lifted above the join, where they
+///   mean the same (the join keeps those rows as they are), and the scan
+///   reads the columns they need;
+/// - the right side of a semi or anti join (an aliased subquery) becomes a
+///   derived table, so its conditions stay inside the `EXISTS`;
+/// - a full join with conditions on a side is not pushed.
+///
+/// `None` when the plan cannot be written so (it is then not pushed).
+fn explicit_join_filters(plan: LogicalPlan) -> Result<Option<LogicalPlan>> {
+    if !has_outer_or_semi_join(&plan) {
+        return Ok(Some(plan));
+    }
+    let mut unsupported = false;
+    let rewritten = plan.transform_up(|node| {
+        let LogicalPlan::Join(mut j) = node else {
+            // Inputs may have gained columns (the lifted conditions' own).
+            return Ok(Transformed::yes(node.recompute_schema()?));
+        };
+        let mut lifted = None;
+        match j.join_type {
+            JoinType::Inner => {}
+            JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::Right => {
+                let preserved = if j.join_type == JoinType::Right {
+                    &mut j.right
+                } else {
+                    &mut j.left
+                };
+                match lift_scan_filters(preserved) {
+                    Ok(Some((scan, predicate))) => {
+                        *preserved = Arc::new(scan);
+                        lifted = Some(predicate);
+                    }
+                    Ok(None) => {}
+                    Err(()) => unsupported = true,
+                }
+                if matches!(j.join_type, JoinType::LeftSemi | JoinType::LeftAnti) {
+                    let LogicalPlan::SubqueryAlias(alias) = j.right.as_ref() else {
+                        unsupported = true;
+                        return Ok(Transformed::no(LogicalPlan::Join(j)));
+                    };
+                    let inner = Arc::clone(&alias.input);
+                    let columns: Vec<Expr> = inner
+                        .schema()
+                        .columns()
+                        .into_iter()
+                        .map(Expr::Column)
+                        .collect();
+                    let derived = LogicalPlan::Projection(Projection::try_new(columns, inner)?);
+                    j.right = Arc::new(LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(
+                        Arc::new(derived),
+                        alias.alias.clone(),
+                    )?));
+                }
+            }
+            _ => {
+                let conditions = |side: &LogicalPlan| !matches!(lift_scan_filters(side), Ok(None));
+                if conditions(&j.left) || conditions(&j.right) {
+                    unsupported = true;
+                }
+            }
+        }
+        let join = LogicalPlan::Join(j).recompute_schema()?;
+        Ok(Transformed::yes(match lifted {
+            Some(predicate) => LogicalPlan::Filter(datafusion::logical_expr::Filter::try_new(
+                predicate,
+                Arc::new(join),
+            )?),
+            None => join,
+        }))
+    })?;
+    if unsupported || filter_on_null_side(&rewritten.data) {
+        return Ok(None);
+    }
+    Ok(Some(rewritten.data))
+}
+
+/// A table scan under filters and aliases: the unparser moves its filters
+/// into the join's `ON`.
+fn scan_chain(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::TableScan(_) => true,
+        LogicalPlan::Filter(f) => scan_chain(&f.input),
+        LogicalPlan::SubqueryAlias(a) => scan_chain(&a.input),
+        _ => false,
+    }
+}
+
+/// A filter the unparser would write into the enclosing `WHERE` (it is not
+/// under a projection or an aggregate, which start a derived table).
+fn filter_in_select(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Filter(_) => true,
+        LogicalPlan::Join(j) => filter_in_select(&j.left) || filter_in_select(&j.right),
+        LogicalPlan::SubqueryAlias(a) => filter_in_select(&a.input),
+        _ => false,
+    }
+}
+
+/// Whether an outer join's null-extended side holds a filter that would
+/// end up in the `WHERE` (where it would drop the rows the join keeps).
+fn filter_on_null_side(plan: &LogicalPlan) -> bool {
+    plan.exists(|p| {
+        let LogicalPlan::Join(j) = p else {
+            return Ok(false);
+        };
+        let risky = |side: &LogicalPlan| !scan_chain(side) && filter_in_select(side);
+        Ok(match j.join_type {
+            JoinType::Left => risky(&j.right),
+            JoinType::Right => risky(&j.left),
+            JoinType::Full => risky(&j.left) || risky(&j.right),
+            _ => false,
+        })
+    })
+    .unwrap_or(true)
 }
 
 /// Aliases the top SELECT's `n` items `c0..cN` (and the ORDER BY references
@@ -982,6 +1238,26 @@ impl TableProvider for RemoteQueryTable {
                 "refused query: {query}"
             );
             return self.plan_fallback(state, &indices, filters, limit).await;
+        }
+        // The database's own plan decides between running the sub-plan
+        // there and reading its inputs: a plan that runs a subquery again
+        // for every outer row (a correlated SubPlan) is what Weft's hash
+        // joins do in one pass.
+        match Arc::clone(&self.info.source).explain(&query).await {
+            Ok(Some(plan)) if !plan.per_row_subqueries.is_empty() => {
+                tracing::info!(
+                    catalog = self.info.source.catalog(),
+                    cost = plan.total_cost,
+                    subqueries = ?plan.per_row_subqueries,
+                    "the database would run a subquery once per row: the sub-plan runs in Weft instead"
+                );
+                return self.plan_fallback(state, &indices, filters, limit).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(
+                catalog = self.info.source.catalog(),
+                "no estimate for a generated query: {e}"
+            ),
         }
         let spec = RemoteScanSpec {
             relation: "query".to_string(),

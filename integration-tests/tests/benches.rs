@@ -5,6 +5,10 @@
 //!    (the harness fails on a difference), and `SELECT 1` latency follows.
 //! 2. `weft-bench breakdown`: the same shape exporting spans over OTLP; the
 //!    coordinator's phases and the stages' task times are found in them.
+//! 3. `weft-bench pgtpch`: TPC-H loaded into the test PostgreSQL, Weft as
+//!    deployed with a `postgres` catalog against PostgreSQL itself; every
+//!    answer checked against PostgreSQL's (the harness fails on a
+//!    difference), the semi and anti joins among them.
 
 use std::time::Duration;
 
@@ -108,4 +112,33 @@ async fn breakdown_finds_every_phase_in_the_spans() {
         .find(|l| l.starts_with("q16: tasks run"))
         .unwrap_or_else(|| panic!("no stage times for q16: {stdout}"));
     assert!(stages.contains("s0 ") && stages.contains("s1 "), "{stages}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgtpch_runs_and_checks_its_answers_against_postgres() {
+    let pg = weft_integration_tests::pg::admin_url().expect("test PostgreSQL");
+    let data = tempfile::tempdir().expect("tempdir");
+    let data = data.path().join("tpch").display().to_string();
+    let args = [
+        "pgtpch",
+        "--pg-url",
+        &pg,
+        "--scale",
+        "0.01",
+        "--iterations",
+        "1",
+        "--queries",
+        "1,4,18,21,22",
+        "--data",
+        &data,
+    ];
+    let stdout = weft_bench(&args).await;
+    for q in ["q1", "q4", "q18", "q21", "q22", "total"] {
+        let values = row(&stdout, q);
+        assert!(
+            values.len() >= 3 && values[..3].iter().all(|v| *v > 0.0),
+            "{q}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("answer checked against"), "{stdout}");
 }

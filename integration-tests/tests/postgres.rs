@@ -490,6 +490,103 @@ async fn single_catalog_sub_plans_run_as_one_remote_query() {
     }
 }
 
+/// Semi and anti joins (`EXISTS`, `NOT EXISTS`, `IN`, `NOT IN`) over one
+/// PostgreSQL catalog run there as `[NOT] EXISTS` with every condition in
+/// its place: a filter on the outer table stays outside, one on the inner
+/// table stays inside. A filter on the preserved side of a left join
+/// filters rows instead of becoming part of `ON`. What PostgreSQL would run
+/// row by row (`IN` over a grouped subquery) and what `NOT EXISTS` would
+/// answer differently (`NOT IN` over a nullable column) stay in Weft.
+/// Every answer equals PostgreSQL's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn semi_and_anti_joins_push_down_with_their_conditions() {
+    let url = create_database("weft_semi").await.expect("create database");
+    let client = connect(&url).await.expect("connect");
+    client
+        .batch_execute(
+            "CREATE TABLE customers (id integer PRIMARY KEY, region integer NOT NULL, score integer);
+             CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer NOT NULL, amount integer NOT NULL, late boolean NOT NULL);
+             INSERT INTO customers SELECT g, g % 5, CASE WHEN g % 7 = 0 THEN NULL ELSE g % 11 END
+               FROM generate_series(1, 300) g;
+             INSERT INTO orders SELECT g, 1 + (g * 7) % 200, g % 50, g % 4 = 0
+               FROM generate_series(1, 3000) g;
+             ANALYZE customers; ANALYZE orders;",
+        )
+        .await
+        .expect("create tables");
+    let cluster = cluster(ClusterOptions {
+        catalogs: catalogs(vec![("pg", postgres_catalog(&url))]),
+        target_partitions: Some(4),
+        ..Default::default()
+    })
+    .await;
+    let remote_scans = |plan: &str| -> Vec<String> {
+        plan.lines()
+            .filter(|l| l.contains("RemoteScanExec"))
+            .map(str::to_string)
+            .collect()
+    };
+
+    // (SQL, what the one remote query must contain)
+    let pushed = [
+        (
+            "SELECT c.region, count(*) AS n FROM customers c \
+             WHERE c.id > 40 AND EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id AND o.late AND o.amount > 30) \
+             GROUP BY c.region",
+            " EXISTS (",
+        ),
+        (
+            "SELECT c.region, count(*) AS n FROM customers c \
+             WHERE c.id <= 250 AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id AND o.amount < 3) \
+             GROUP BY c.region",
+            "NOT EXISTS (",
+        ),
+        (
+            "SELECT c.region, count(*) AS n FROM customers c \
+             WHERE c.id IN (SELECT o.customer_id FROM orders o WHERE o.amount = 7) GROUP BY c.region",
+            " EXISTS (",
+        ),
+        (
+            // Filter on the preserved side of a left join.
+            "SELECT c.id, count(o.amount) AS n FROM customers c LEFT JOIN orders o ON o.customer_id = c.id \
+             WHERE c.id <= 120 GROUP BY c.id",
+            "LEFT OUTER JOIN",
+        ),
+    ];
+    for (sql, shape) in pushed {
+        let plan = explain(&cluster, sql).await;
+        let scans = remote_scans(&plan);
+        assert_eq!(scans.len(), 1, "one remote query for {sql}:\n{plan}");
+        assert!(
+            scans[0].contains("relation=query") && scans[0].contains(shape),
+            "{shape} pushed for {sql}:\n{plan}"
+        );
+        let want = pg_rows(&client, sql).await.expect("PostgreSQL runs it");
+        let got = weft_rows(&cluster, sql).await.expect("Weft runs it");
+        assert!(!want.is_empty(), "{sql} has rows");
+        same_rows(&got, &want).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    let kept = [
+        // PostgreSQL would run EXISTS over the grouped subquery row by row.
+        "SELECT c.region, count(*) AS n FROM customers c \
+         WHERE c.id IN (SELECT o.customer_id FROM orders o GROUP BY o.customer_id HAVING sum(o.amount) > 400) \
+         GROUP BY c.region",
+        // NOT IN over a column with NULLs: no row qualifies, NOT EXISTS would keep many.
+        "SELECT count(*) AS n FROM orders o WHERE o.amount NOT IN (SELECT c.score FROM customers c WHERE c.region = 1)",
+    ];
+    for sql in kept {
+        let plan = explain(&cluster, sql).await;
+        assert!(
+            !remote_scans(&plan).iter().any(|s| s.contains("EXISTS")),
+            "not pushed as EXISTS: {sql}\n{plan}"
+        );
+        let want = pg_rows(&client, sql).await.expect("PostgreSQL runs it");
+        let got = weft_rows(&cluster, sql).await.expect("Weft runs it");
+        same_rows(&got, &want).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
 /// `max_connections` bounds the connections one process opens to a
 /// catalog, idle ones included: at the bound a reader waits for a
 /// connection to come back, and after `pool_timeout` fails with an error

@@ -34,7 +34,7 @@ use self::copy::CopyDecoder;
 use self::types::WireType;
 use crate::catalog::Listing;
 use crate::error::SourceError;
-use crate::{RemoteSource, ScanRequest};
+use crate::{RemotePlan, RemoteSource, ScanRequest};
 
 /// The message of a driver error: the server's message with its detail and
 /// hint, or the transport error.
@@ -364,6 +364,20 @@ impl RemoteSource for PostgresSource {
             .map_err(|e| self.remote_error(&e))?;
         client.release();
         Ok(())
+    }
+
+    async fn explain(self: Arc<Self>, sql: &str) -> Result<Option<RemotePlan>, SourceError> {
+        let client = self.client().await?;
+        let rows = client
+            .simple_query(&format!("EXPLAIN (FORMAT JSON) {sql}"))
+            .await
+            .map_err(|e| self.remote_error(&e))?;
+        client.release();
+        let json = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        Ok(json.as_deref().and_then(RemotePlan::from_postgres_json))
     }
 
     fn execute_query(
