@@ -269,14 +269,14 @@ pub(crate) fn analyze(plan: &LogicalPlan, under_limit: bool) -> Option<Found> {
             if left.info.source.catalog() != right.info.source.catalog() {
                 return None;
             }
-            // Inside EXISTS, a column name both sides have is resolved by
-            // its qualifier: it must have one.
             // Only where the database's plan is checked before it runs
             // (PostgreSQL's EXPLAIN, see `RemoteQueryTable::scan`): an EXISTS
             // the database runs row by row must not be sent.
             if semi && left.info.dialect != QueryDialect::Postgres {
                 return None;
             }
+            // Inside EXISTS, a column name both sides have is resolved by
+            // its qualifier: it must have one.
             if semi && ambiguous_condition_columns(j) {
                 return None;
             }
@@ -739,6 +739,8 @@ fn lift_scan_filters(side: &LogicalPlan) -> Result<Option<(LogicalPlan, Expr)>, 
         let Some((inner, predicate)) = lift_scan_filters(&a.input)? else {
             return Ok(None);
         };
+        // Two aliases on one scan are collapsed before this runs; the inner
+        // one's terms would be lost.
         if matches!(&*a.input, LogicalPlan::SubqueryAlias(_)) {
             return Err(());
         }
