@@ -7,6 +7,7 @@
 //! cargo build --profile bench-release --workspace --bins && \
 //!   target/bench-release/weft-bench tpch --scale 1 --deployed   # as deployed (headline)
 //! target/bench-release/weft-bench breakdown --scale 1   # where a query's time goes
+//! target/bench-release/weft-bench tpch --scale 1 --deployed --duckdb   # DuckDB as a peer
 //! cargo run --profile bench-release -p weft-benches -- latency
 //! cargo build --profile bench-release --workspace --bins && \
 //!   target/bench-release/weft-bench telemetry --scale 1   # metrics + traces vs off
@@ -70,6 +71,10 @@ enum Cmd {
         /// workers.
         #[arg(long)]
         slots: Option<u32>,
+        /// Also run DuckDB over the same files, same run, as a peer
+        /// (`benches/scripts/duckdb_tpch.py`; needs `pip install duckdb`).
+        #[arg(long)]
+        duckdb: bool,
     },
     /// PostgreSQL scan throughput of TPC-H lineitem: Weft (1 and N splits)
     /// vs psql binary COPY and ConnectorX.
@@ -229,13 +234,14 @@ async fn main() -> anyhow::Result<()> {
             queries,
             deployed,
             slots,
+            duckdb,
         } => {
             let shape = Shape {
                 workers,
                 slots: slots.unwrap_or((cpus() / workers.max(1)).max(1) as u32),
                 deployed,
             };
-            tpch(scale, data, shape, iterations, queries).await
+            tpch(scale, data, shape, iterations, queries, duckdb).await
         }
         Cmd::Latency { iterations } => latency(iterations).await,
         Cmd::Telemetry {
@@ -411,6 +417,7 @@ async fn tpch(
     shape: Shape,
     iterations: usize,
     queries: Vec<usize>,
+    duckdb: bool,
 ) -> anyhow::Result<()> {
     let workers = shape.workers;
     let dir = tpch_data(scale, data)?;
@@ -447,7 +454,8 @@ async fn tpch(
     );
     let (mut total_w, mut total_d) = (Duration::ZERO, Duration::ZERO);
     let mut mismatches = Vec::new();
-    for q in queries {
+    let mut weft_times = Vec::new();
+    for q in queries.iter().copied() {
         let text = tpch_query(q);
         let statements = split_statements(&text);
         let d = time_best(iterations, || {
@@ -492,6 +500,7 @@ async fn tpch(
             mismatches.push(q);
             "  DIFFERENT ANSWER"
         };
+        weft_times.push((q, w, got.len()));
         println!(
             "{:>5} {:>12.1} {:>12.1} {:>7.2}{check}",
             format!("q{q}"),
@@ -511,9 +520,85 @@ async fn tpch(
         let mut client = weft.client().await?;
         select_one_latency(&mut client, 300).await?;
     }
-    if !mismatches.is_empty() {
-        anyhow::bail!("Weft's answer differs from DataFusion's for {mismatches:?}");
+    if duckdb {
+        duckdb_peer(&dir, iterations, &weft_times, &mut mismatches)?;
     }
+    if !mismatches.is_empty() {
+        anyhow::bail!("Weft's answer differs from DataFusion's or DuckDB's for {mismatches:?}");
+    }
+    Ok(())
+}
+
+/// DuckDB over the same files (`benches/scripts/duckdb_tpch.py`, as many
+/// threads as cores), best of `iterations` per query, against Weft's times
+/// of this run. A query whose DuckDB row count differs from Weft's answer
+/// joins `mismatches`.
+fn duckdb_peer(
+    dir: &std::path::Path,
+    iterations: usize,
+    weft_times: &[(usize, Duration, usize)],
+    mismatches: &mut Vec<usize>,
+) -> anyhow::Result<()> {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let list: Vec<String> = weft_times.iter().map(|(q, ..)| q.to_string()).collect();
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg(manifest.join("scripts/duckdb_tpch.py"))
+        .arg("--data")
+        .arg(dir)
+        .arg("--queries-dir")
+        .arg(manifest.join("../tpch/queries"))
+        .args(["--iterations", &iterations.to_string()])
+        .args(["--queries", &list.join(",")])
+        .args(["--threads", &cpus().to_string()])
+        .output()
+        .map_err(|e| anyhow::anyhow!("--duckdb: cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "--duckdb: DuckDB's run failed (is the duckdb package installed? pip install duckdb):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "DuckDB over the same files, same run, {} threads, best of {iterations}",
+        cpus()
+    );
+    println!(
+        "{:>5} {:>12} {:>12} {:>11}",
+        "query", "weft ms", "duckdb ms", "weft/duckdb"
+    );
+    let (mut total_w, mut total_k) = (0.0, 0.0);
+    for (q, w, weft_rows) in weft_times {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&format!("q{q}")))
+            .ok_or_else(|| anyhow::anyhow!("--duckdb: no result for q{q}:\n{stdout}"))?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (ms, rows): (f64, usize) = match fields[..] {
+            [_, ms, rows] => (ms.parse()?, rows.parse()?),
+            _ => anyhow::bail!("--duckdb: cannot read {line:?}"),
+        };
+        let check = if rows == *weft_rows {
+            ""
+        } else {
+            mismatches.push(*q);
+            "  DIFFERENT ROW COUNT"
+        };
+        let w = w.as_secs_f64() * 1e3;
+        total_w += w;
+        total_k += ms;
+        println!(
+            "{:>5} {w:>12.1} {ms:>12.1} {:>11.2}{check}",
+            format!("q{q}"),
+            w / ms
+        );
+    }
+    println!(
+        "{:>5} {total_w:>12.1} {total_k:>12.1} {:>11.2}",
+        "total",
+        total_w / total_k
+    );
     Ok(())
 }
 
