@@ -378,22 +378,8 @@ impl Bench {
                 TestCluster::start(shape.workers, options).await?,
             ));
         }
-        let etcd = Etcd::start().await?;
         let catalogs = weft_integration_tests::files_catalog_toml("tpch", dir);
-        let cluster = ProcessCluster::start(
-            shape.workers,
-            ProcessOptions {
-                catalogs,
-                slots: shape.slots,
-                env: vec![("RUST_LOG".into(), "warn".into())],
-                args: Vec::new(),
-                etcd: Some(etcd.endpoint.clone()),
-                http: false,
-                sign_in: None,
-                tls_ca: None,
-            },
-        )
-        .await?;
+        let (cluster, etcd) = deployed_cluster(shape.workers, shape.slots, catalogs).await?;
         Ok(Bench::Deployed {
             cluster,
             _etcd: etcd,
@@ -409,6 +395,32 @@ impl Bench {
             Bench::Deployed { cluster, .. } => cluster.client().await,
         }
     }
+}
+
+/// A private etcd, a coordinator and `workers` workers as processes (the
+/// binaries next to `weft-bench`) serving `catalogs` (catalog file text),
+/// quiet logs, no HTTP, no authentication.
+pub(crate) async fn deployed_cluster(
+    workers: usize,
+    slots: u32,
+    catalogs: String,
+) -> anyhow::Result<(ProcessCluster, Etcd)> {
+    let etcd = Etcd::start().await?;
+    let cluster = ProcessCluster::start(
+        workers,
+        ProcessOptions {
+            catalogs,
+            slots,
+            env: vec![("RUST_LOG".into(), "warn".into())],
+            args: Vec::new(),
+            etcd: Some(etcd.endpoint.clone()),
+            http: false,
+            sign_in: None,
+            tls_ca: None,
+        },
+    )
+    .await?;
+    Ok((cluster, etcd))
 }
 
 async fn tpch(

@@ -12,10 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use weft_common::sample::TPCH_TABLES;
 use weft_integration_tests::pg::{batch_rows, connect, pg_rows, same_rows};
-use weft_integration_tests::process::{Etcd, ProcessCluster, ProcessOptions};
+use weft_integration_tests::process::ProcessCluster;
 use weft_integration_tests::{run_sql, split_statements, tpch_query};
 
 /// What PostgreSQL did with one query.
@@ -39,15 +38,8 @@ async fn run_pg(
         let start = Instant::now();
         match pg_rows(client, text).await {
             Ok(r) => rows = r,
-            Err(e) => {
-                // A script cancelled halfway leaves its view behind (q15):
-                // the next run must not trip over it.
-                client.batch_execute("DROP VIEW IF EXISTS revenue0").await?;
-                if format!("{e:#}").contains("statement timeout") {
-                    return Ok(PgRun::GaveUp);
-                }
-                return Err(e);
-            }
+            Err(e) if format!("{e:#}").contains("statement timeout") => return Ok(PgRun::GaveUp),
+            Err(e) => return Err(e),
         }
         best = best.min(start.elapsed());
     }
@@ -106,35 +98,13 @@ pub(crate) async fn pgtpch(o: Options) -> anyhow::Result<()> {
 
     // Single-node DataFusion over the same files: the answer where
     // PostgreSQL gives up.
-    let df =
-        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(crate::cpus()));
-    for t in TPCH_TABLES {
-        df.register_parquet(
-            t,
-            dir.join(t).to_string_lossy().as_ref(),
-            ParquetReadOptions::default(),
-        )
-        .await?;
-    }
+    let df = weft_integration_tests::tpch_single_node(&dir).await;
 
-    let etcd = Etcd::start().await?;
     let catalogs = format!(
         "default_catalog = \"pg\"\n\n[catalogs.pg]\nkind = \"postgres\"\nurl = {url:?}\ntls = \"disable\"\n"
     );
-    let cluster = ProcessCluster::start(
-        o.workers,
-        ProcessOptions {
-            catalogs,
-            slots: (crate::cpus() / o.workers.max(1)).max(1) as u32,
-            env: vec![("RUST_LOG".into(), "warn".into())],
-            args: Vec::new(),
-            etcd: Some(etcd.endpoint.clone()),
-            http: false,
-            sign_in: None,
-            tls_ca: None,
-        },
-    )
-    .await?;
+    let slots = (crate::cpus() / o.workers.max(1)).max(1) as u32;
+    let (cluster, etcd) = crate::deployed_cluster(o.workers, slots, catalogs).await?;
 
     println!(
         "TPC-H SF{} in one PostgreSQL database (keys and indexes, max_parallel_workers_per_gather = {}), {} Weft workers as processes with etcd, {} cores, best of {}, PostgreSQL statement_timeout {} s",
