@@ -75,6 +75,11 @@ enum Cmd {
         /// (`benches/scripts/duckdb_tpch.py`; needs `pip install duckdb`).
         #[arg(long)]
         duckdb: bool,
+        /// Each worker's --memory-limit (e.g. 1G; needs --deployed). The
+        /// run goes on past a query that fails, and reports each worker's
+        /// peak RSS.
+        #[arg(long)]
+        memory_limit: Option<String>,
     },
     /// PostgreSQL scan throughput of TPC-H lineitem: Weft (1 and N splits)
     /// vs psql binary COPY and ConnectorX.
@@ -235,13 +240,26 @@ async fn main() -> anyhow::Result<()> {
             deployed,
             slots,
             duckdb,
+            memory_limit,
         } => {
+            if memory_limit.is_some() && !deployed {
+                anyhow::bail!("--memory-limit applies to worker processes: add --deployed");
+            }
             let shape = Shape {
                 workers,
                 slots: slots.unwrap_or((cpus() / workers.max(1)).max(1) as u32),
                 deployed,
             };
-            tpch(scale, data, shape, iterations, queries, duckdb).await
+            tpch(
+                scale,
+                data,
+                shape,
+                iterations,
+                queries,
+                duckdb,
+                memory_limit,
+            )
+            .await
         }
         Cmd::Latency { iterations } => latency(iterations).await,
         Cmd::Telemetry {
@@ -366,7 +384,11 @@ enum Bench {
 }
 
 impl Bench {
-    async fn start(shape: Shape, dir: &std::path::Path) -> anyhow::Result<Self> {
+    async fn start(
+        shape: Shape,
+        dir: &std::path::Path,
+        worker_memory: Option<&str>,
+    ) -> anyhow::Result<Self> {
         if !shape.deployed {
             let options = ClusterOptions {
                 catalogs: files_catalog("tpch", dir),
@@ -379,7 +401,8 @@ impl Bench {
             ));
         }
         let catalogs = weft_integration_tests::files_catalog_toml("tpch", dir);
-        let (cluster, etcd) = deployed_cluster(shape.workers, shape.slots, catalogs).await?;
+        let (cluster, etcd) =
+            deployed_cluster(shape.workers, shape.slots, catalogs, worker_memory).await?;
         Ok(Bench::Deployed {
             cluster,
             _etcd: etcd,
@@ -399,19 +422,26 @@ impl Bench {
 
 /// A private etcd, a coordinator and `workers` workers as processes (the
 /// binaries next to `weft-bench`) serving `catalogs` (catalog file text),
-/// quiet logs, no HTTP, no authentication.
+/// quiet logs, no HTTP, no authentication; workers with `worker_memory` as
+/// their `--memory-limit` when given.
 pub(crate) async fn deployed_cluster(
     workers: usize,
     slots: u32,
     catalogs: String,
+    worker_memory: Option<&str>,
 ) -> anyhow::Result<(ProcessCluster, Etcd)> {
     let etcd = Etcd::start().await?;
+    let mut env = vec![("RUST_LOG".to_string(), "warn".to_string())];
+    // Only workers have this flag; the coordinator ignores the variable.
+    if let Some(limit) = worker_memory {
+        env.push(("WEFT_MEMORY_LIMIT".into(), limit.to_string()));
+    }
     let cluster = ProcessCluster::start(
         workers,
         ProcessOptions {
             catalogs,
             slots,
-            env: vec![("RUST_LOG".into(), "warn".into())],
+            env,
             args: Vec::new(),
             etcd: Some(etcd.endpoint.clone()),
             http: false,
@@ -430,6 +460,7 @@ async fn tpch(
     iterations: usize,
     queries: Vec<usize>,
     duckdb: bool,
+    worker_memory: Option<String>,
 ) -> anyhow::Result<()> {
     let workers = shape.workers;
     let dir = tpch_data(scale, data)?;
@@ -448,11 +479,15 @@ async fn tpch(
         )
         .await?;
     }
-    let weft = Bench::start(shape, &dir).await?;
+    let weft = Bench::start(shape, &dir, worker_memory.as_deref()).await?;
 
     println!(
-        "TPC-H SF{scale}, {workers} workers ({} slots each, {}), {} cores, best of {iterations}",
+        "TPC-H SF{scale}, {workers} workers ({} slots each{}, {}), {} cores, best of {iterations}",
         shape.slots,
+        worker_memory
+            .as_deref()
+            .map(|m| format!(", --memory-limit {m}"))
+            .unwrap_or_default(),
         if shape.deployed {
             "separate processes with etcd, Flight SQL over loopback"
         } else {
@@ -492,7 +527,20 @@ async fn tpch(
                 Ok(())
             }
         })
-        .await?;
+        .await;
+        let w = match w {
+            Ok(w) => w,
+            // Under a memory limit a failure is a result to report; the
+            // run goes on with the next query.
+            Err(e) if worker_memory.is_some() => {
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or_default();
+                println!("{:>5}       FAILED  {first}", format!("q{q}"));
+                mismatches.push(q);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         total_w += w;
         total_d += d;
         // The answer is checked against DataFusion's (the last statement's
@@ -528,7 +576,16 @@ async fn tpch(
         total_d.as_secs_f64() * 1e3,
         total_w.as_secs_f64() / total_d.as_secs_f64()
     );
-    if shape.deployed {
+    if let Bench::Deployed { cluster, .. } = &weft {
+        let peaks: Vec<String> = cluster
+            .workers
+            .iter()
+            .map(|w| match peak_rss(w.child.id()) {
+                Some(kib) => format!("{} {:.0} MiB", w.name, kib as f64 / 1024.0),
+                None => format!("{} ?", w.name),
+            })
+            .collect();
+        println!("peak RSS per worker: {}", peaks.join(", "));
         let mut client = weft.client().await?;
         select_one_latency(&mut client, 300).await?;
     }
@@ -536,9 +593,24 @@ async fn tpch(
         duckdb_peer(&dir, iterations, &weft_times, &mut mismatches)?;
     }
     if !mismatches.is_empty() {
-        anyhow::bail!("Weft's answer differs from DataFusion's or DuckDB's for {mismatches:?}");
+        anyhow::bail!(
+            "Weft's answer differs from DataFusion's or DuckDB's, or Weft failed, for {mismatches:?}"
+        );
     }
     Ok(())
+}
+
+/// Peak resident set size of process `pid` so far, in KiB (`VmHWM` in
+/// `/proc/<pid>/status`; Linux only).
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// DuckDB over the same files (`benches/scripts/duckdb_tpch.py`, as many

@@ -104,7 +104,7 @@ pub(crate) async fn pgtpch(o: Options) -> anyhow::Result<()> {
         "default_catalog = \"pg\"\n\n[catalogs.pg]\nkind = \"postgres\"\nurl = {url:?}\ntls = \"disable\"\n"
     );
     let slots = (crate::cpus() / o.workers.max(1)).max(1) as u32;
-    let (cluster, etcd) = crate::deployed_cluster(o.workers, slots, catalogs).await?;
+    let (cluster, etcd) = crate::deployed_cluster(o.workers, slots, catalogs, None).await?;
 
     println!(
         "TPC-H SF{} in one PostgreSQL database (keys and indexes, max_parallel_workers_per_gather = {}), {} Weft workers as processes with etcd, {} cores, best of {}, PostgreSQL statement_timeout {} s",

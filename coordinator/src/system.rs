@@ -129,6 +129,8 @@ impl RuntimeTable {
                 Field::new("version", DataType::Utf8, false),
                 Field::new("state", DataType::Utf8, false),
                 Field::new("epoch", DataType::UInt64, false),
+                // --memory-limit in bytes; NULL = unbounded.
+                Field::new("memory_limit", DataType::UInt64, true),
             ],
         };
         Arc::new(Schema::new(fields))
@@ -155,6 +157,7 @@ impl RuntimeTableProvider {
                 let mut version = StringBuilder::new();
                 let mut state = StringBuilder::new();
                 let mut epoch = UInt64Builder::new();
+                let mut memory_limit = UInt64Builder::new();
                 for w in members.iter() {
                     id.append_value(&w.id);
                     address.append_value(&w.address);
@@ -162,6 +165,7 @@ impl RuntimeTableProvider {
                     version.append_value(&w.version);
                     state.append_value(if w.draining { "draining" } else { "active" });
                     epoch.append_value(w.epoch);
+                    memory_limit.append_option(w.memory_limit);
                 }
                 vec![
                     Arc::new(id.finish()),
@@ -170,6 +174,7 @@ impl RuntimeTableProvider {
                     Arc::new(version.finish()),
                     Arc::new(state.finish()),
                     Arc::new(epoch.finish()),
+                    Arc::new(memory_limit.finish()),
                 ]
             }
             RuntimeTable::Queries | RuntimeTable::Stages => {

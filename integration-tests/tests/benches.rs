@@ -1,8 +1,9 @@
 //! The benchmark harnesses `docs/benchmarks.md` quotes stay runnable, with
 //! this profile's binaries, at a tiny scale:
-//! 1. `weft-bench tpch --deployed`: etcd, a coordinator and two workers as
-//!    processes; every answer is checked against single-node DataFusion
-//!    (the harness fails on a difference), and `SELECT 1` latency follows.
+//! 1. `weft-bench tpch --deployed --memory-limit`: etcd, a coordinator and
+//!    two workers as processes with a memory limit; every answer is checked
+//!    against single-node DataFusion (the harness fails on a difference or
+//!    a failed query), each worker's peak RSS and `SELECT 1` latency follow.
 //! 2. `weft-bench breakdown`: the same shape exporting spans over OTLP; the
 //!    coordinator's phases and the stages' task times are found in them.
 //! 3. `weft-bench pgtpch`: TPC-H loaded into the test PostgreSQL, Weft as
@@ -60,9 +61,12 @@ async fn tpch_deployed_runs_and_checks_its_answers() {
         "1,11,16",
         "--data",
         &data,
+        "--memory-limit",
+        "512M",
     ];
     let stdout = weft_bench(&args).await;
     assert!(stdout.contains("separate processes with etcd"), "{stdout}");
+    assert!(stdout.contains("--memory-limit 512M"), "{stdout}");
     assert!(!stdout.contains("DIFFERENT ANSWER"), "{stdout}");
     for q in ["q1", "q11", "q16", "total"] {
         let [weft, datafusion, ratio] = row(&stdout, q)[..] else {
@@ -74,6 +78,18 @@ async fn tpch_deployed_runs_and_checks_its_answers() {
         );
     }
     assert!(stdout.contains("SELECT 1 round trip"), "{stdout}");
+    let peaks = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("peak RSS per worker: "))
+        .unwrap_or_else(|| panic!("no peak RSS: {stdout}"));
+    for (i, peak) in peaks.split(", ").enumerate() {
+        let mib: f64 = peak
+            .strip_prefix(&format!("worker{i} "))
+            .and_then(|p| p.strip_suffix(" MiB"))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("peak RSS of worker {i}: {peaks:?}"));
+        assert!(mib > 1.0, "{peaks}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,6 +206,7 @@ impl Worker {
             version: weft_common::VERSION.to_string(),
             draining: false,
             epoch: 0,
+            memory_limit: config.memory_limit.map(|m| m as u64),
         };
         let (connectors, errors) = Connectors::from_config(&config.catalogs);
         for e in errors {

@@ -179,6 +179,7 @@ mod tests {
             version: String::new(),
             draining: false,
             epoch: 0,
+            memory_limit: None,
         }]);
         assert!(
             check_credentials(&clients, "http://127.0.0.1:1", &stale, true, true)

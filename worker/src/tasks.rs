@@ -699,10 +699,11 @@ impl TaskManager {
         if count == 0 {
             task.set_state(TaskState::Finished, String::new());
         }
+        let advice = memory_advice(&self.worker_id, self.runtime.memory_pool.memory_limit());
         let mut producers = task.producers.lock();
         for (i, (stream, sink)) in streams.into_iter().zip(senders).enumerate() {
             producers.spawn(tracing::Instrument::instrument(
-                pump(stream, sink, Arc::downgrade(&task), i),
+                pump(stream, sink, Arc::downgrade(&task), i, advice.clone()),
                 span.clone(),
             ));
         }
@@ -943,11 +944,46 @@ enum Sink {
     Replay(Arc<ReplayBuffer>),
 }
 
+/// What a task's out-of-memory error says on a worker with a bounded
+/// memory pool: whose memory ran out, and its size.
+fn memory_advice(
+    worker_id: &str,
+    limit: datafusion::execution::memory_pool::MemoryLimit,
+) -> Option<Arc<str>> {
+    match limit {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(bytes) => Some(Arc::from(format!(
+            "worker {worker_id} ran out of its query memory (--memory-limit {:.1} MiB, shared by every task it runs at once)",
+            bytes as f64 / (1024.0 * 1024.0)
+        ))),
+        _ => None,
+    }
+}
+
+/// `e` with `advice` and what to change, when it is DataFusion's
+/// "Resources exhausted" (an operator that cannot spill, or cannot spill
+/// enough, did not get memory) and says nothing of it yet (a downstream
+/// task in the same worker sees its upstream's error as it is); any other
+/// error as it is.
+fn explain_memory(e: DataFusionError, advice: Option<&str>) -> DataFusionError {
+    match advice {
+        Some(advice)
+            if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))
+                && !e.to_string().contains(advice) =>
+        {
+            DataFusionError::ResourcesExhausted(format!(
+                "{advice}: {e}. Raise the workers' --memory-limit, or lower their --slots so fewer tasks share it"
+            ))
+        }
+        _ => e,
+    }
+}
+
 async fn pump(
     mut stream: datafusion::physical_plan::SendableRecordBatchStream,
     sink: Sink,
     task: std::sync::Weak<RunningTask>,
     output: usize,
+    advice: Option<Arc<str>>,
 ) {
     let mut failure = None;
     while let Some(item) = stream.next().await {
@@ -980,6 +1016,7 @@ async fn pump(
                 }
             }
             Err(e) => {
+                let e = explain_memory(e, advice.as_deref());
                 let message = e.to_string();
                 match &sink {
                     Sink::Exclusive(tx) => {
@@ -1073,6 +1110,39 @@ mod tests {
     use weft_common::exchange::StageReaderExec;
     use weft_common::flight::ClientPool;
     use weft_proto::TaskLocation;
+
+    #[test]
+    fn an_out_of_memory_error_names_the_worker_its_limit_and_the_fix() {
+        use datafusion::execution::memory_pool::MemoryLimit;
+        let advice = memory_advice("worker-a", MemoryLimit::Finite(1 << 30));
+        let exhausted = DataFusionError::ResourcesExhausted(
+            "Failed to allocate additional 265.1 MB for HashJoinInput[3]".into(),
+        )
+        .context("while building the hash table");
+        let explained = explain_memory(exhausted, advice.as_deref());
+        let message = explained.to_string();
+        // A downstream task on the same worker passes it on as it is.
+        let again = explain_memory(explained.context("downstream"), advice.as_deref());
+        assert_eq!(
+            again.to_string().matches("ran out of").count(),
+            1,
+            "{again}"
+        );
+        assert!(
+            message
+                .contains("worker worker-a ran out of its query memory (--memory-limit 1024.0 MiB")
+                && message.contains("HashJoinInput[3]")
+                && message.contains("Raise the workers' --memory-limit, or lower their --slots"),
+            "{message}"
+        );
+        // Other errors, and workers without a limit, are left alone.
+        let other = DataFusionError::Execution("division by zero".into());
+        assert_eq!(
+            explain_memory(other, advice.as_deref()).to_string(),
+            "Execution error: division by zero"
+        );
+        assert!(memory_advice("worker-a", MemoryLimit::Infinite).is_none());
+    }
 
     /// Nothing listens on the discard port: a reader that went through
     /// Flight instead of the in-process exchange would fail to connect.

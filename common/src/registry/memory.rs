@@ -104,6 +104,7 @@ mod tests {
             epoch: 0,
             version: "t".into(),
             draining: false,
+            memory_limit: None,
         }
     }
 

@@ -41,6 +41,10 @@ pub struct WorkerInfo {
     /// as the loss of the earlier epoch.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub epoch: u64,
+    /// Bytes of the worker's query memory pool (`--memory-limit`); `None`
+    /// = unbounded. Coordinators keep broadcast joins within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -257,14 +257,21 @@ impl Engine {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// A session for one query of `identity`, sized for the current cluster,
-    /// seeing the catalogs as the access rules let `identity` see them.
-    fn session_for(&self, slots: usize, identity: &Identity) -> SessionContext {
+    /// A session for one query of `identity`, sized for the current cluster
+    /// (its slots and its workers' memory), seeing the catalogs as the
+    /// access rules let `identity` see them.
+    fn session_for(&self, identity: &Identity) -> SessionContext {
+        let workers = self.schedulable_workers();
+        let slots = total_slots(&workers).max(1);
         let state = self.ctx.state();
         let mut config = state.config().clone();
         let partitions = self.settings.target_partitions.unwrap_or(slots).max(1);
         config.options_mut().execution.target_partitions = partitions;
         config.options_mut().extensions.insert(identity.clone());
+        config
+            .options_mut()
+            .extensions
+            .insert(crate::planner::broadcast::WorkerMemory::of(&workers));
         let state = SessionStateBuilder::new_from_existing(state)
             .with_config(config)
             .with_catalog_list(self.catalogs_for(identity))
@@ -301,8 +308,7 @@ impl Engine {
         ),
         DataFusionError,
     > {
-        let slots = total_slots(&self.schedulable_workers()).max(1);
-        let ctx = self.session_for(slots, identity);
+        let ctx = self.session_for(identity);
         let logical = ctx.state().create_logical_plan(sql).await?;
         crate::surface::check_read_only(&logical)?;
         match &logical {
@@ -331,8 +337,7 @@ impl Engine {
         sql: &str,
         identity: &Identity,
     ) -> Result<arrow::datatypes::SchemaRef, DataFusionError> {
-        let slots = total_slots(&self.schedulable_workers()).max(1);
-        let state = self.session_for(slots, identity).state();
+        let state = self.session_for(identity).state();
         let logical = state.create_logical_plan(sql).await?;
         crate::surface::check_read_only(&logical)?;
         if matches!(logical, datafusion::logical_expr::LogicalPlan::Statement(_)) {

@@ -21,7 +21,13 @@
 //! - the join does not emit unmatched build rows (left, left semi/anti/mark,
 //!   full): those need every probe partition in one plan instance, which
 //!   would force the whole stage into one task (see `stages.rs`),
-//! - it is not a null-aware anti join.
+//! - it is not a null-aware anti join,
+//! - when the workers have a `--memory-limit`, the copies a worker would
+//!   hold (one per task of the join's stage placed there, hash table
+//!   included) take at most [`MAX_BROADCAST_MEMORY_SHARE`] of its memory.
+//!   DataFusion's hash join cannot spill, and a broadcast multiplies its
+//!   build side by the task count where a shuffle divides it by the worker
+//!   count.
 //!
 //! Without row or byte estimates for both sides nothing changes.
 
@@ -41,6 +47,74 @@ pub const MAX_BROADCAST_BYTES: usize = 64 * 1024 * 1024;
 /// How many times larger than the build side the probe side must be, per
 /// task beyond the first, for a broadcast (see the module documentation).
 pub const PROBE_FACTOR: usize = 4;
+
+/// Share of a worker's `--memory-limit` the copies of one broadcast build
+/// side may take there: the rest is for the query's other joins,
+/// aggregates and sorts, which run at the same time (stages pipeline).
+pub const MAX_BROADCAST_MEMORY_SHARE: f64 = 0.125;
+
+/// Bytes of hash table per build row on top of the row (DataFusion's join
+/// hash map entry and chain link).
+const HASH_ENTRY_BYTES: usize = 24;
+
+/// The workers a query is planned for, as far as memory goes: a session
+/// config extension the coordinator sets per query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerMemory {
+    /// Workers the query's tasks are spread over.
+    pub workers: usize,
+    /// The smallest `--memory-limit` among them; `None` when none has one.
+    pub limit: Option<u64>,
+}
+
+impl WorkerMemory {
+    /// From the workers a query is planned for.
+    pub fn of(workers: &[weft_common::registry::WorkerInfo]) -> Self {
+        Self {
+            workers: workers.len(),
+            limit: workers.iter().filter_map(|w| w.memory_limit).min(),
+        }
+    }
+
+    /// Whether `tasks` copies of a build side of `build` (one per task,
+    /// spread over the workers) fit a worker's share for one broadcast.
+    fn fits_broadcast(&self, build: Size, tasks: usize) -> bool {
+        let Some(limit) = self.limit else {
+            return true;
+        };
+        let rows = build.rows.unwrap_or(0);
+        let bytes = build
+            .bytes
+            .unwrap_or_else(|| rows.saturating_mul(ASSUMED_ROW_BYTES));
+        let copy = bytes.saturating_add(rows.saturating_mul(HASH_ENTRY_BYTES));
+        let copies = tasks.div_ceil(self.workers.max(1));
+        (copy.saturating_mul(copies) as f64) <= limit as f64 * MAX_BROADCAST_MEMORY_SHARE
+    }
+}
+
+impl datafusion::config::ConfigExtension for WorkerMemory {
+    const PREFIX: &'static str = "weft_worker_memory";
+}
+
+impl datafusion::config::ExtensionOptions for WorkerMemory {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn cloned(&self) -> Box<dyn datafusion::config::ExtensionOptions> {
+        Box::new(*self)
+    }
+    fn set(&mut self, key: &str, _value: &str) -> Result<()> {
+        datafusion::common::plan_err!(
+            "weft_worker_memory.{key} cannot be set: it follows the workers' --memory-limit"
+        )
+    }
+    fn entries(&self) -> Vec<datafusion::config::ConfigEntry> {
+        Vec::new()
+    }
+}
 
 /// Physical optimizer rule; see the module documentation.
 #[derive(Debug, Default)]
@@ -108,7 +182,11 @@ fn keeps_stage_splittable(join_type: JoinType) -> bool {
 }
 
 impl BroadcastJoins {
-    fn rewrite(join: &HashJoinExec, tasks: usize) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    fn rewrite(
+        join: &HashJoinExec,
+        tasks: usize,
+        memory: WorkerMemory,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         if *join.partition_mode() != PartitionMode::Partitioned
             || join.null_aware
             || !keeps_stage_splittable(*join.join_type())
@@ -118,6 +196,15 @@ impl BroadcastJoins {
         let build = estimate(join.left().as_ref());
         let probe = estimate(join.right().as_ref());
         if !should_broadcast(build, probe, tasks) {
+            return Ok(None);
+        }
+        if !memory.fits_broadcast(build, tasks) {
+            tracing::debug!(
+                ?build,
+                tasks,
+                limit = memory.limit,
+                "broadcast copies would not fit the workers' memory: shuffled instead"
+            );
             return Ok(None);
         }
         let plan = join
@@ -135,11 +222,16 @@ impl PhysicalOptimizerRule for BroadcastJoins {
         config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let tasks = config.execution.target_partitions.max(1);
+        let memory = config
+            .extensions
+            .get::<WorkerMemory>()
+            .copied()
+            .unwrap_or_default();
         plan.transform_up(|p| {
             let Some(join) = p.downcast_ref::<HashJoinExec>() else {
                 return Ok(Transformed::no(p));
             };
-            Ok(match Self::rewrite(join, tasks)? {
+            Ok(match Self::rewrite(join, tasks, memory)? {
                 Some(new) => Transformed::yes(new),
                 None => Transformed::no(p),
             })
@@ -190,6 +282,16 @@ mod tests {
     }
 
     fn mode_after_rule(build: i64, probe: i64, join_type: JoinType, tasks: usize) -> PartitionMode {
+        mode_with_memory(build, probe, join_type, tasks, None)
+    }
+
+    fn mode_with_memory(
+        build: i64,
+        probe: i64,
+        join_type: JoinType,
+        tasks: usize,
+        memory: Option<WorkerMemory>,
+    ) -> PartitionMode {
         let on = vec![(
             Arc::new(Column::new("k", 0)) as _,
             Arc::new(Column::new("k", 0)) as _,
@@ -208,6 +310,9 @@ mod tests {
         .expect("join");
         let mut config = ConfigOptions::new();
         config.execution.target_partitions = tasks;
+        if let Some(memory) = memory {
+            config.extensions.insert(memory);
+        }
         let plan = BroadcastJoins
             .optimize(Arc::new(join), &config)
             .expect("optimize");
@@ -240,6 +345,38 @@ mod tests {
         // its stage into one task.
         assert_eq!(
             mode_after_rule(1_000, 10_000, JoinType::Left, 2),
+            PartitionMode::Partitioned
+        );
+    }
+
+    #[test]
+    fn broadcast_copies_must_fit_a_share_of_the_workers_memory() {
+        let on = |workers, limit| WorkerMemory {
+            workers,
+            limit: Some(limit),
+        };
+        // 1000 rows in 8 KB: 8 KB + 24 KB of hash table per copy.
+        let build = Size {
+            rows: Some(1_000),
+            bytes: Some(8_000),
+        };
+        // Two tasks on two workers: one copy each, within an eighth of 256 KB.
+        assert!(on(2, 256_000).fits_broadcast(build, 2));
+        assert!(!on(2, 255_000).fits_broadcast(build, 2));
+        // Four tasks on two workers: two copies each.
+        assert!(!on(2, 256_000).fits_broadcast(build, 4));
+        assert!(on(2, 512_000).fits_broadcast(build, 4));
+        // No limit, no constraint.
+        assert!(WorkerMemory::default().fits_broadcast(build, 4));
+
+        // The rule: a join it broadcasts without a limit is shuffled when
+        // the copies would not fit.
+        assert_eq!(
+            mode_with_memory(1_000, 10_000, JoinType::Inner, 2, Some(on(2, 1 << 30))),
+            PartitionMode::CollectLeft
+        );
+        assert_eq!(
+            mode_with_memory(1_000, 10_000, JoinType::Inner, 2, Some(on(2, 64 * 1024))),
             PartitionMode::Partitioned
         );
     }
