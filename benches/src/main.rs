@@ -42,25 +42,32 @@ struct Args {
     cmd: Cmd,
 }
 
+/// The TPC-H run the benchmarks of the 22 queries share.
+#[derive(Debug, clap::Args)]
+struct Run {
+    /// TPC-H scale factor.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Directory for the generated data (reused when present).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Number of workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Timed runs per query (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+    /// Only these queries (e.g. 1,6,12).
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<usize>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// The 22 TPC-H queries: Weft vs single-node DataFusion.
     Tpch {
-        /// TPC-H scale factor.
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        /// Directory for the generated data (reused when present).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Number of workers.
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        /// Timed runs per query (the best is reported).
-        #[arg(long, default_value_t = 3)]
-        iterations: usize,
-        /// Only these queries (e.g. 1,6,12).
-        #[arg(long, value_delimiter = ',')]
-        queries: Vec<usize>,
+        #[command(flatten)]
+        run: Run,
         /// As deployed: etcd, the coordinator and the workers as separate
         /// processes (the binaries next to weft-bench), queried over
         /// loopback; also `SELECT 1` p50/p99 through the same client.
@@ -122,17 +129,8 @@ enum Cmd {
         /// Admin URL of a PostgreSQL server (a database is created in it).
         #[arg(long, env = "WEFT_BENCH_PG")]
         pg_url: String,
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        #[arg(long, default_value_t = 3)]
-        iterations: usize,
-        /// Only these queries (e.g. 4,21).
-        #[arg(long, value_delimiter = ',')]
-        queries: Vec<usize>,
+        #[command(flatten)]
+        run: Run,
         /// Seconds PostgreSQL may take for one query (statement_timeout);
         /// a query it gives up on is reported as such and its Weft answer
         /// checked against single-node DataFusion instead.
@@ -142,48 +140,24 @@ enum Cmd {
     /// Overhead of metrics (scraped) plus trace export against both off:
     /// two clusters of separate processes, TPC-H, same run.
     Telemetry {
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        #[arg(long, default_value_t = 3)]
-        iterations: usize,
-        #[arg(long, value_delimiter = ',')]
-        queries: Vec<usize>,
+        #[command(flatten)]
+        run: Run,
     },
     /// Overhead of authentication, a cluster secret and TLS everywhere
     /// against none: two clusters of separate processes, same run.
     Security {
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        #[arg(long, default_value_t = 3)]
-        iterations: usize,
+        #[command(flatten)]
+        run: Run,
         /// `SELECT 1` round trips per cluster.
         #[arg(long, default_value_t = 300)]
         latency_iterations: usize,
-        #[arg(long, value_delimiter = ',')]
-        queries: Vec<usize>,
     },
     /// Exact answers after a lost worker: the output fence's cost
     /// (--query-retries 2 vs 0, TPC-H and time to the first batch of a
     /// full scan) and the time from a worker's kill -9 to the right answer.
     Recovery {
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        #[arg(long, default_value_t = 3)]
-        iterations: usize,
-        #[arg(long, value_delimiter = ',')]
-        queries: Vec<usize>,
+        #[command(flatten)]
+        run: Run,
     },
     /// Where a query's time goes, as deployed: the client's GetFlightInfo
     /// and DoGets, the coordinator's spans (admission, planning, footer
@@ -232,11 +206,14 @@ async fn cluster(
 async fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
         Cmd::Tpch {
-            scale,
-            data,
-            workers,
-            iterations,
-            queries,
+            run:
+                Run {
+                    scale,
+                    data,
+                    workers,
+                    iterations,
+                    queries,
+                },
             deployed,
             slots,
             duckdb,
@@ -263,19 +240,25 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Latency { iterations } => latency(iterations).await,
         Cmd::Telemetry {
-            scale,
-            data,
-            workers,
-            iterations,
-            queries,
+            run:
+                Run {
+                    scale,
+                    data,
+                    workers,
+                    iterations,
+                    queries,
+                },
         } => telemetry::telemetry(scale, data, workers, iterations, queries).await,
         Cmd::Security {
-            scale,
-            data,
-            workers,
-            iterations,
+            run:
+                Run {
+                    scale,
+                    data,
+                    workers,
+                    iterations,
+                    queries,
+                },
             latency_iterations,
-            queries,
         } => {
             security::security(
                 scale,
@@ -288,11 +271,14 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Cmd::Recovery {
-            scale,
-            data,
-            workers,
-            iterations,
-            queries,
+            run:
+                Run {
+                    scale,
+                    data,
+                    workers,
+                    iterations,
+                    queries,
+                },
         } => recovery::recovery(scale, data, workers, iterations, queries).await,
         Cmd::Breakdown {
             scale,
@@ -310,11 +296,14 @@ async fn main() -> anyhow::Result<()> {
         } => pgscan::pgscan(pg_url, scale, data, splits, iterations).await,
         Cmd::Pgtpch {
             pg_url,
-            scale,
-            data,
-            workers,
-            iterations,
-            queries,
+            run:
+                Run {
+                    scale,
+                    data,
+                    workers,
+                    iterations,
+                    queries,
+                },
             pg_timeout,
         } => {
             pgtpch::pgtpch(pgtpch::Options {
