@@ -83,9 +83,7 @@ impl WorkerMemory {
             return true;
         };
         let rows = build.rows.unwrap_or(0);
-        let bytes = build
-            .bytes
-            .unwrap_or_else(|| rows.saturating_mul(ASSUMED_ROW_BYTES));
+        let bytes = build.bytes_or_assumed().unwrap_or(0);
         let copy = bytes.saturating_add(rows.saturating_mul(HASH_ENTRY_BYTES));
         let copies = tasks.div_ceil(self.workers.max(1));
         (copy.saturating_mul(copies) as f64) <= limit as f64 * MAX_BROADCAST_MEMORY_SHARE
@@ -143,13 +141,19 @@ fn estimate(plan: &dyn ExecutionPlan) -> Size {
 /// Bytes assumed per row when only rows are known (for the memory cap).
 const ASSUMED_ROW_BYTES: usize = 64;
 
+impl Size {
+    /// The byte estimate, else [`ASSUMED_ROW_BYTES`] per estimated row.
+    fn bytes_or_assumed(&self) -> Option<usize> {
+        self.bytes
+            .or_else(|| self.rows.map(|r| r.saturating_mul(ASSUMED_ROW_BYTES)))
+    }
+}
+
 /// Compares rows when both sides have a row estimate (building and hashing
 /// cost per row), else bytes; the build side must also fit the memory cap.
 fn should_broadcast(build: Size, probe: Size, tasks: usize) -> bool {
-    let build_bytes = match (build.bytes, build.rows) {
-        (Some(b), _) => b,
-        (None, Some(r)) => r.saturating_mul(ASSUMED_ROW_BYTES),
-        (None, None) => return false,
+    let Some(build_bytes) = build.bytes_or_assumed() else {
+        return false;
     };
     if build_bytes > MAX_BROADCAST_BYTES {
         return false;
